@@ -1,0 +1,187 @@
+"""Prompt templates: which text is optimized, how it is rendered, and the variable guard."""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.prompts import (
+    BasePromptTemplate,
+    ChatPromptTemplate,
+    HumanMessagePromptTemplate,
+    PromptTemplate,
+    SystemMessagePromptTemplate,
+)
+from langchain_core.prompts.chat import BaseStringMessagePromptTemplate
+
+__all__ = ["PromptSlot", "heal_template", "template_variables"]
+
+_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|\{|\}")
+
+
+def template_variables(text: str) -> list[str]:
+    """Variables of an f-string template, in order of first use.
+
+    Raises:
+        ValueError: the text is not a valid f-string template.
+    """
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as e:
+        raise ValueError(
+            f"the prompt is not a valid f-string template ({e}): write literal braces as "
+            "{{ and }}"
+        ) from None
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier():
+            raise ValueError(
+                f"the prompt uses {{{name}}}, which is not a plain variable name: use names "
+                "like {question}, and write literal braces as {{ and }}"
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def heal_template(text: str, required: list[str]) -> tuple[str | None, str]:
+    """The variable guard: make `text` use exactly the `required` variables.
+
+    Placeholders the editor invented (and stray braces) are escaped so they
+    render literally; a candidate that lost a required variable is rejected,
+    since where it belongs cannot be known.
+
+    Returns:
+        ``(template, "ok" | "repaired")``, or ``(None, "rejected: <why>")``.
+    """
+    required_set = set(required)
+    seen: set[str] = set()
+    repaired = False
+
+    def fix(m: re.Match[str]) -> str:
+        nonlocal repaired
+        tok = m.group(0)
+        if tok in ("{{", "}}"):
+            return tok
+        name = m.group(1)
+        if name is not None and name in required_set:
+            seen.add(name)
+            return tok
+        repaired = True
+        return tok.replace("{", "{{").replace("}", "}}")
+
+    healed = _TOKEN.sub(fix, text)
+    missing = [v for v in required if v not in seen]
+    if missing:
+        return None, "rejected: lost " + ", ".join("{" + v + "}" for v in missing)
+    return healed, "repaired" if repaired else "ok"
+
+
+@dataclass(frozen=True)
+class PromptSlot:
+    """Where the optimized text sits in the user's prompt, and how to rebuild it.
+
+    For a plain string or `PromptTemplate`, the whole template is optimized and
+    sent as one human message. For a `ChatPromptTemplate`, the system message is
+    optimized (else the last human message); the other messages are kept.
+    """
+
+    kind: str  # "str" | "prompt" | "chat"
+    chat: ChatPromptTemplate | None = None
+    index: int = -1
+
+    @classmethod
+    def from_prompt(cls, prompt: Any) -> tuple[PromptSlot, str]:
+        """Split a user prompt into (slot, text to optimize)."""
+        if isinstance(prompt, str):
+            return cls("str"), prompt
+        if isinstance(prompt, PromptTemplate):
+            if prompt.template_format != "f-string":
+                raise ValueError(
+                    f"only f-string templates can be optimized, got template_format="
+                    f"{prompt.template_format!r}"
+                )
+            if prompt.partial_variables:
+                raise ValueError("PromptTemplate with partial_variables is not supported yet")
+            return cls("prompt"), prompt.template
+        if isinstance(prompt, ChatPromptTemplate):
+            index = _pick_message(prompt)
+            msg = prompt.messages[index]
+            if isinstance(msg, BaseMessage):
+                text = str(msg.content).replace("{", "{{").replace("}", "}}")
+            else:
+                tmpl = msg.prompt  # type: ignore[union-attr]
+                if not isinstance(tmpl, PromptTemplate) or tmpl.template_format != "f-string":
+                    raise ValueError(
+                        "the chat message to optimize must be a plain f-string text template"
+                    )
+                text = tmpl.template
+            return cls("chat", prompt, index), text
+        if isinstance(prompt, BasePromptTemplate):
+            raise TypeError(
+                f"cannot optimize a {type(prompt).__name__}: pass a str, PromptTemplate or "
+                "ChatPromptTemplate"
+            )
+        raise TypeError(
+            f"prompt must be a str, PromptTemplate or ChatPromptTemplate, got "
+            f"{type(prompt).__name__}"
+        )
+
+    def all_variables(self, text: str) -> list[str]:
+        """Every variable the full prompt needs when `text` fills the slot."""
+        names = template_variables(text)
+        if self.chat is not None:
+            for i, msg in enumerate(self.chat.messages):
+                if i != self.index and not isinstance(msg, BaseMessage):
+                    names += [v for v in msg.input_variables if v not in names]
+        return names
+
+    def render(self, text: str, inputs: dict[str, Any]) -> list[BaseMessage]:
+        """The messages the task model sees for one example."""
+        if self.chat is None:
+            return [HumanMessage(PromptTemplate.from_template(text).format(**inputs))]
+        return self.rebuild(text).format_messages(**inputs)  # type: ignore[union-attr]
+
+    def rebuild(self, text: str) -> Any:
+        """The user's prompt, same type, with `text` in the slot."""
+        if self.kind == "str":
+            return text
+        if self.kind == "prompt":
+            return PromptTemplate.from_template(text)
+        assert self.chat is not None
+        messages = list(self.chat.messages)
+        old = messages[self.index]
+        if isinstance(old, BaseMessage):
+            cls: type[BaseStringMessagePromptTemplate] = (
+                SystemMessagePromptTemplate if old.type == "system" else HumanMessagePromptTemplate
+            )
+        else:
+            cls = type(old)  # type: ignore[assignment]
+        messages[self.index] = cls.from_template(text)
+        return ChatPromptTemplate.from_messages(messages)
+
+
+def _pick_message(prompt: ChatPromptTemplate) -> int:
+    def role(m: Any) -> str | None:
+        if isinstance(m, BaseMessage):
+            return m.type if isinstance(m.content, str) else None
+        if isinstance(m, SystemMessagePromptTemplate):
+            return "system"
+        if isinstance(m, HumanMessagePromptTemplate):
+            return "human"
+        return None
+
+    roles = [role(m) for m in prompt.messages]
+    if "system" in roles:
+        return roles.index("system")
+    humans = [i for i, r in enumerate(roles) if r == "human"]
+    if humans:
+        return humans[-1]
+    raise ValueError(
+        "the ChatPromptTemplate has no system or human text message to optimize"
+    )

@@ -1,0 +1,191 @@
+"""Evaluators: programmatic ones in LangSmith's shape, built-ins, and the LLM judge.
+
+A programmatic evaluator is any callable taking some of ``inputs``, ``outputs``
+and ``reference_outputs`` (by those parameter names, as in LangSmith and
+openevals) and returning a number, a bool, or ``{"key", "score", "comment"}``.
+``outputs`` is ``{"output": <the model's text>}``. Scores must lie in 0..1.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "EvalResult",
+    "JudgeVerdict",
+    "choice_match",
+    "contains_answer",
+    "exact_match",
+    "numeric_match",
+    "run_evaluator",
+]
+
+_PARAMS = ("inputs", "outputs", "reference_outputs")
+
+
+class JudgeVerdict(BaseModel):
+    """The LLM judge's structured output: reasoning first, then the score."""
+
+    reasoning: str = Field(description="Brief reasoning about whether the output meets the criteria.")
+    score: float = Field(description="Score from 0 (fails the criteria) to 1 (fully meets them).")
+
+
+class EvalResult(BaseModel):
+    key: str
+    score: float
+    comment: str = ""
+
+
+def evaluator_name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def run_evaluator(
+    fn: Callable[..., Any],
+    inputs: Mapping[str, Any],
+    output: str,
+    reference_outputs: Mapping[str, Any],
+) -> EvalResult:
+    """Call a programmatic evaluator and normalize its result.
+
+    Raises:
+        ValueError: the evaluator returned something that is not a 0..1 score.
+    """
+    kwargs = {"inputs": dict(inputs), "outputs": {"output": output},
+              "reference_outputs": dict(reference_outputs)}
+    raw = fn(**_select_args(fn, kwargs))
+    return normalize_result(raw, evaluator_name(fn))
+
+
+def _select_args(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    chosen = {k: v for k, v in kwargs.items() if k in params}
+    if not chosen:
+        raise TypeError(
+            f"evaluator {evaluator_name(fn)!r} must take some of the parameters "
+            f"{', '.join(_PARAMS)} (by name), like LangSmith evaluators"
+        )
+    return chosen
+
+
+def normalize_result(raw: Any, name: str) -> EvalResult:
+    comment = ""
+    key = name
+    if isinstance(raw, EvalResult):
+        return raw
+    if hasattr(raw, "score") and not isinstance(raw, Mapping | bool | int | float):
+        raw = {"key": getattr(raw, "key", name), "score": raw.score,
+               "comment": getattr(raw, "comment", "") or ""}
+    if isinstance(raw, Mapping):
+        if "score" not in raw:
+            raise ValueError(
+                f"evaluator {name!r} returned a dict without 'score' (keys: {sorted(raw)}); "
+                "return {'key': ..., 'score': 0..1, 'comment': ...}"
+            )
+        key = str(raw.get("key") or name)
+        comment = str(raw.get("comment") or "")
+        raw = raw["score"]
+    if isinstance(raw, bool):
+        score = float(raw)
+    elif isinstance(raw, int | float):
+        score = float(raw)
+    else:
+        raise ValueError(
+            f"evaluator {name!r} returned {raw!r}; return a number in 0..1, a bool, or "
+            "{'key', 'score', 'comment'}"
+        )
+    if not 0.0 <= score <= 1.0:
+        raise ValueError(
+            f"evaluator {name!r} returned score {score}; scores must be in 0..1 (divide by "
+            "your scale's maximum)"
+        )
+    return EvalResult(key=key, score=score, comment=comment)
+
+
+# --- built-in programmatic evaluators -------------------------------------------------
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def _reference(reference_outputs: Mapping[str, Any]) -> str:
+    for key in ("answer", "output", "expected"):
+        if key in reference_outputs:
+            return str(reference_outputs[key]).strip()
+    if len(reference_outputs) == 1:
+        return str(next(iter(reference_outputs.values()))).strip()
+    raise ValueError(
+        f"no reference answer: reference_outputs has {sorted(reference_outputs)}, "
+        "expected an 'answer' key"
+    )
+
+
+def _last_number(text: str) -> float | None:
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    try:
+        return float(found[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def numeric_match(outputs: Mapping[str, Any], reference_outputs: Mapping[str, Any]) -> dict:
+    """1 if the last number in the output equals the reference number (math tasks)."""
+    expected = _last_number(_reference(reference_outputs))
+    got = _last_number(str(outputs.get("output", "")))
+    ok = got is not None and expected is not None and abs(got - expected) < 1e-6
+    if got is None:
+        comment = "the output contains no number"
+    else:
+        comment = f"final number {got:g}, expected {expected:g}"
+    return {"key": "numeric_match", "score": float(ok), "comment": comment}
+
+
+def exact_match(outputs: Mapping[str, Any], reference_outputs: Mapping[str, Any]) -> dict:
+    """1 if the output equals the reference, ignoring case and surrounding space/periods."""
+    want = _reference(reference_outputs).strip().strip(".").lower()
+    got = str(outputs.get("output", "")).strip().strip(".").lower()
+    return {"key": "exact_match", "score": float(got == want),
+            "comment": f"output {got[:80]!r}, expected {want!r}"}
+
+
+def contains_answer(outputs: Mapping[str, Any], reference_outputs: Mapping[str, Any]) -> dict:
+    """1 if any accepted answer (``answers`` list or ``answer``) appears in the output."""
+    answers = reference_outputs.get("answers") or [_reference(reference_outputs)]
+    text = _norm(str(outputs.get("output", "")))
+    ok = any(_norm(str(a)) and _norm(str(a)) in text for a in answers)
+    return {"key": "contains_answer", "score": float(ok),
+            "comment": ("contains " if ok else "does not contain ") + repr(answers[0])}
+
+
+_CHOICE = re.compile(r"\(?\b([A-J])\b\)?")
+_CHOICE_ANSWER = re.compile(r"answer(?:\s+is)?\s*[:\-]?\s*\(?([A-J])\b", re.I)
+
+
+def choice_match(outputs: Mapping[str, Any], reference_outputs: Mapping[str, Any]) -> dict:
+    """1 if the chosen option letter equals the reference letter (``A``, ``(B)``...).
+
+    The choice is the letter after the last "answer:"/"answer is", else the last
+    standalone capital letter A-J in the output.
+    """
+    want = _reference(reference_outputs).strip().strip("()").upper()
+    text = str(outputs.get("output", ""))
+    explicit = _CHOICE_ANSWER.findall(text)
+    letters = explicit or _CHOICE.findall(text)
+    got = letters[-1].upper() if letters else None
+    return {"key": "choice_match", "score": float(got == want),
+            "comment": f"chose {got}, expected {want}" if got else "no option letter found"}
+
+
+def _norm(s: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())

@@ -1,0 +1,48 @@
+"""The GRAD-SUM loop as a LangGraph graph. Its drawing is the algorithm:
+
+    generate -> evaluate -(prune)-> gradient -> summarize -> edit -> generate ...
+                         \\-(stop)-> finalize -> END
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+from langchain_gradsum.beam import prune
+from langchain_gradsum.nodes import edit, evaluate, finalize, generate, gradient, summarize
+from langchain_gradsum.state import GradSumContext, GradSumInput, GradSumState
+
+__all__ = ["build_graph", "create_gradsum_graph"]
+
+
+def build_graph() -> StateGraph:
+    """The uncompiled graph (add your own nodes or compile it with your options)."""
+    builder = StateGraph(GradSumState, context_schema=GradSumContext, input_schema=GradSumInput)
+    builder.add_node("generate", generate)
+    builder.add_node("evaluate", evaluate)
+    builder.add_node("gradient", gradient)
+    builder.add_node("summarize", summarize)
+    builder.add_node("edit", edit)
+    builder.add_node("finalize", finalize)
+
+    builder.add_edge(START, "generate")
+    builder.add_edge("generate", "evaluate")
+    builder.add_conditional_edges("evaluate", prune, {"prune": "gradient", "stop": "finalize"})
+    builder.add_edge("gradient", "summarize")
+    builder.add_edge("summarize", "edit")
+    builder.add_edge("edit", "generate")
+    builder.add_edge("finalize", END)
+    return builder
+
+
+def create_gradsum_graph(*, checkpointer: Any = None, name: str = "gradsum") -> CompiledStateGraph:
+    """The compiled GRAD-SUM graph.
+
+    Invoke it with ``{"prompt": ..., "train": [...], "val": [...]}`` and
+    ``context=GradSumContext(model=...)``; stream it with ``stream_mode="custom"``
+    for progress events; pass a checkpointer to persist and resume runs.
+    """
+    return build_graph().compile(checkpointer=checkpointer, name=name)

@@ -1,0 +1,500 @@
+"""The five GRAD-SUM modules as LangGraph nodes, plus `finalize`.
+
+generate -> evaluate -> (prune) -> gradient -> summarize -> edit -> generate ...
+
+Each node reads the state, makes its LLM calls through one `LLMCaller` (budget,
+retries, trace names, usage) and returns only what it changed. Once a node has
+set ``stop_reason`` (say, the budget ran out mid-step) the later nodes of the
+iteration do nothing and the `prune` edge routes to `finalize`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
+
+from langchain_gradsum import beam as beam_mod
+from langchain_gradsum._llm import BudgetExhausted, CallBudget, LLMCaller, resolve_model
+from langchain_gradsum._templates import PromptSlot, heal_template, template_variables
+from langchain_gradsum.data import minibatch_indices
+from langchain_gradsum.evaluators import EvalResult, JudgeVerdict, run_evaluator
+from langchain_gradsum.state import (
+    Candidate,
+    Example,
+    GradSumContext,
+    GradSumState,
+    Record,
+    record_key,
+)
+
+__all__ = ["edit", "evaluate", "finalize", "generate", "gradient", "summarize"]
+
+Ctx = Runtime[GradSumContext]
+FULL_MARKS = 1.0 - 1e-9
+_SHOW_LIMIT = 2000
+
+
+# --- the five modules ------------------------------------------------------------------
+
+
+def generate(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
+    """Run every candidate in the beam over this iteration's minibatch."""
+    ctx = runtime.context
+    update: dict[str, Any] = {}
+    if not state.get("candidates"):  # first step: the user's prompt is candidate c0
+        c0 = new_candidate("c0", state["prompt"], parent_id=None, iteration=0, summary=None)
+        update = {"candidates": {"c0": c0}, "beam": ["c0"], "iteration": 0}
+        state = {**state, **update}  # type: ignore[typeddict-item]
+    if state.get("stop_reason"):
+        return update
+    it = state["iteration"]
+    runtime.stream_writer({"event": "iteration", "iteration": it, "beam": list(state["beam"])})
+    batch = _minibatch(state, ctx)
+    jobs = [
+        (cid, "train", i)
+        for cid in state["beam"]
+        for i in batch
+        if record_key(cid, "train", i) not in state.get("records", {})
+    ]
+    caller = _caller(state, runtime, config, phase="loop")
+    records, stop = _run_task(caller, ctx, state, jobs, iteration=it)
+    return {**update, **_result(caller, stop), "records": records}
+
+
+def evaluate(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
+    """Score each output (judge and/or evaluators); set each candidate's minibatch score."""
+    if state.get("stop_reason"):
+        return {}
+    ctx = runtime.context
+    it = state["iteration"]
+    batch = _minibatch(state, ctx)
+    records = state.get("records", {})
+    jobs = [
+        (cid, "train", i)
+        for cid in state["beam"]
+        for i in batch
+        if "score" not in records.get(record_key(cid, "train", i), {"score": None})
+    ]
+    caller = _caller(state, runtime, config, phase="loop")
+    scored, stop = _score(caller, ctx, state, jobs, iteration=it)
+    records = {**records, **scored}
+    candidates: dict[str, Candidate] = {}
+    for cid in state["beam"]:
+        scores = [records.get(record_key(cid, "train", i), {}).get("score") for i in batch]
+        if all(s is not None for s in scores):
+            cand = state["candidates"][cid]
+            mean = sum(scores) / len(scores)  # type: ignore[arg-type]
+            candidates[cid] = {**cand, "scores": {**cand["scores"], str(it): mean}}
+            runtime.stream_writer(
+                {"event": "scored", "iteration": it, "candidate": cid, "score": mean,
+                 "calls": _spent(state) + caller.budget.used}
+            )
+    return {**_result(caller, stop), "records": scored, "candidates": candidates}
+
+
+def gradient(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
+    """Critique each surviving candidate once per output short of full marks.
+
+    Reached through the `prune` edge, whose message carries the pruned beam;
+    this node commits it to the state.
+    """
+    update: dict[str, Any] = {"beam": state["beam"]}
+    if state.get("stop_reason"):
+        return update
+    ctx = runtime.context
+    it = state["iteration"]
+    records = state["records"]
+    jobs: list[tuple[str, int]] = []
+    for cid in state["beam"]:
+        failed = [
+            i for i in _minibatch(state, ctx)
+            if records[record_key(cid, "train", i)]["score"] < FULL_MARKS
+        ]
+        failed.sort(key=lambda i: records[record_key(cid, "train", i)]["score"])
+        jobs += [(cid, i) for i in failed[: ctx.max_gradients_per_prompt]]
+    caller = _caller(state, runtime, config, phase="loop")
+    _, _, optimizer_model = _models(ctx)
+    prompts = ctx.meta_prompts
+
+    def critique(job: tuple[str, int]) -> str:
+        cid, i = job
+        ex = state["train"][i]
+        rec = records[record_key(cid, "train", i)]
+        message = prompts.gradient.format(
+            task_description=ctx.task_description or "(not given)",
+            prompt=state["candidates"][cid]["template"],
+            inputs=_show_inputs(ex),
+            output=_clip(rec.get("output") or f"(the call failed: {rec.get('error')})"),
+            reference=_show_reference(ex),
+            score=f"{rec['score']:.2f}",
+            feedback=rec.get("feedback") or "(no comment)",
+        )
+        return caller.text("gradient", optimizer_model, message, iteration=it,
+                           candidate_id=cid, example=i)
+
+    results = caller.map(critique, jobs)
+    stop = _check_failures(caller, results, "gradient")
+    gradients: dict[str, list[str]] = {}
+    for (cid, _), res in zip(jobs, results, strict=True):
+        if isinstance(res, str) and res.strip():
+            gradients.setdefault(cid, []).append(res.strip())
+    candidates = {
+        cid: {**state["candidates"][cid],
+              "gradients": {**state["candidates"][cid]["gradients"], str(it): grads}}
+        for cid, grads in gradients.items()
+    }
+    return {**update, **_result(caller, stop), "candidates": candidates}
+
+
+def summarize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
+    """Merge each candidate's gradients into one general paragraph (GRAD-SUM's addition)."""
+    ctx = runtime.context
+    if state.get("stop_reason") or not ctx.summarize:
+        return {}
+    it = str(state["iteration"])
+    todo = [cid for cid in state["beam"] if state["candidates"][cid]["gradients"].get(it)]
+    caller = _caller(state, runtime, config, phase="loop")
+    _, _, optimizer_model = _models(ctx)
+
+    def summary(cid: str) -> str:
+        cand = state["candidates"][cid]
+        message = ctx.meta_prompts.summarize.format(
+            task_description=ctx.task_description or "(not given)",
+            prompt=cand["template"],
+            gradients="\n".join(f"<critique>{g}</critique>" for g in cand["gradients"][it]),
+        )
+        return caller.text("summarize", optimizer_model, message, iteration=state["iteration"],
+                           candidate_id=cid)
+
+    results = caller.map(summary, todo)
+    stop = _check_failures(caller, results, "summarize")
+    candidates = {
+        cid: {**state["candidates"][cid],
+              "summaries": {**state["candidates"][cid]["summaries"], it: res.strip()}}
+        for cid, res in zip(todo, results, strict=True)
+        if isinstance(res, str) and res.strip()
+    }
+    return {**_result(caller, stop), "candidates": candidates}
+
+
+def edit(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
+    """Rewrite each candidate from its summary into `candidates_per_prompt` new prompts.
+
+    With ``summarize=False`` (the paper's ablation) each new prompt comes from
+    a single gradient instead. Every new prompt passes the variable guard.
+    """
+    if state.get("stop_reason"):
+        return {}
+    ctx = runtime.context
+    it = state["iteration"]
+    key = str(it)
+    jobs: list[tuple[str, int, str]] = []  # (parent, variant, feedback)
+    for cid in state["beam"]:
+        cand = state["candidates"][cid]
+        if ctx.summarize:
+            feedback = [cand["summaries"][key]] * ctx.candidates_per_prompt \
+                if key in cand["summaries"] else []
+        else:
+            feedback = cand["gradients"].get(key, [])[: ctx.candidates_per_prompt]
+        jobs += [(cid, k, fb) for k, fb in enumerate(feedback)]
+    caller = _caller(state, runtime, config, phase="loop")
+    _, _, optimizer_model = _models(ctx)
+    required = template_variables(state["prompt"])
+    n = ctx.candidates_per_prompt if ctx.summarize else 1
+
+    def rewrite(job: tuple[str, int, str]) -> str:
+        cid, k, fb = job
+        variant = "" if n == 1 else (
+            f"- This is version {k + 1} of {n}: "
+            + ("make the smallest change that fixes the problems." if k == 0
+               else "try a different approach from a minimal fix.")
+        )
+        message = ctx.meta_prompts.edit.format(
+            task_description=ctx.task_description or "(not given)",
+            prompt=state["candidates"][cid]["template"],
+            feedback=fb,
+            variables=", ".join("{" + v + "}" for v in required),
+            variant=variant,
+        )
+        return caller.text("edit", optimizer_model, message, iteration=it, candidate_id=cid,
+                           variant=k)
+
+    results = caller.map(rewrite, jobs)
+    stop = _check_failures(caller, results, "edit")
+    seen = {_normalize(c["template"]) for c in state["candidates"].values()}
+    children: dict[str, Candidate] = {}
+    next_id = len(state["candidates"])
+    for (cid, _, fb), res in zip(jobs, results, strict=True):
+        if not isinstance(res, str):
+            continue
+        template, status = heal_template(extract_prompt(res), required)
+        if template is None:
+            caller.count("rejected_candidates")
+            runtime.stream_writer({"event": "rejected", "parent": cid, "why": status})
+            continue
+        if status == "repaired":
+            caller.count("repaired_candidates")
+        if _normalize(template) in seen:
+            caller.count("duplicate_candidates")
+            continue
+        seen.add(_normalize(template))
+        child_id = f"c{next_id}"
+        next_id += 1
+        children[child_id] = new_candidate(child_id, template, parent_id=cid, iteration=it + 1,
+                                           summary=fb)
+        runtime.stream_writer({"event": "candidate", "candidate": child_id, "parent": cid,
+                               "iteration": it + 1})
+    if stop:
+        return {**_result(caller, stop), "candidates": children}
+    return {
+        **_result(caller, stop),
+        "candidates": children,
+        "beam": list(state["beam"]) + list(children),
+        "iteration": it + 1,
+    }
+
+
+def finalize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
+    """Score the final beam and the initial prompt on validation; pick the best.
+
+    Uses `val` when given, else every training row. The initial prompt always
+    competes, so the result is never worse on that split than the start.
+    """
+    ctx = runtime.context
+    split = "val" if state.get("val") else "train"
+    rows = state["val"] if split == "val" else state["train"]
+    # Ranked order (ties go to the higher-ranked); the initial prompt always competes.
+    finalists = list(state.get("beam", [])) + (["c0"] if "c0" not in state.get("beam", []) else [])
+    runtime.stream_writer({"event": "finalize", "split": split, "finalists": finalists,
+                           "stop_reason": state.get("stop_reason")})
+    caller = _caller(state, runtime, config, phase="final")
+    records = dict(state.get("records", {}))
+    order = ["c0"] + [c for c in finalists if c != "c0"]  # spend on the initial prompt first
+    jobs = [(cid, split, i) for cid in order for i in range(len(rows))
+            if record_key(cid, split, i) not in records]
+    generated, stop1 = _run_task(caller, ctx, state, jobs, iteration=state.get("iteration", 0))
+    records.update(generated)
+    jobs = [(cid, split, i) for cid in order for i in range(len(rows))
+            if "score" not in records.get(record_key(cid, split, i), {"score": None})]
+    scored, stop2 = _score(caller, ctx, {**state, "records": records}, jobs,
+                           iteration=state.get("iteration", 0))
+    records.update(scored)
+    candidates: dict[str, Candidate] = {}
+    best_id, best = "c0", -1.0
+    for cid in finalists:
+        scores = [records.get(record_key(cid, split, i), {}).get("score") for i in range(len(rows))]
+        if any(s is None for s in scores):
+            continue  # incomplete (budget ran out): cannot be compared fairly
+        val = sum(scores) / len(scores)  # type: ignore[arg-type]
+        candidates[cid] = {**state["candidates"][cid], "val_score": val}
+        if val > best:
+            best_id, best = cid, val
+    runtime.stream_writer({"event": "best", "candidate": best_id,
+                           "score": best if best >= 0 else None})
+    reason = state.get("stop_reason") or stop1 or stop2 or "done"
+    return {**_result(caller, None), "records": {**generated, **scored},
+            "candidates": candidates, "best_id": best_id, "stop_reason": reason}
+
+
+# --- shared pieces ---------------------------------------------------------------------
+
+
+def new_candidate(
+    cid: str, template: str, *, parent_id: str | None, iteration: int, summary: str | None
+) -> Candidate:
+    return {"id": cid, "template": template, "parent_id": parent_id, "iteration": iteration,
+            "summary": summary, "gradients": {}, "summaries": {}, "scores": {}, "val_score": None}
+
+
+_TAGGED = re.compile(r"<prompt>\s*(.*?)\s*(?:</prompt>|$)", re.S | re.I)
+_FENCE = re.compile(r"^```[\w-]*\n(.*?)\n```$", re.S)
+
+
+def extract_prompt(reply: str) -> str:
+    """The new prompt from an editor reply: inside <prompt> tags, else the reply."""
+    found = [m for m in _TAGGED.findall(reply) if m.strip()]
+    text = found[-1] if found else reply
+    text = text.strip()
+    fenced = _FENCE.match(text)
+    return (fenced.group(1) if fenced else text).strip()
+
+
+def _normalize(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _models(ctx: GradSumContext) -> tuple[Any, Any, Any]:
+    task = resolve_model(ctx.model, "model")
+    judge = resolve_model(ctx.judge_model, "judge_model") if ctx.judge_model else task
+    opt = resolve_model(ctx.optimizer_model, "optimizer_model") if ctx.optimizer_model else task
+    return task, judge, opt
+
+
+def _minibatch(state: GradSumState, ctx: GradSumContext) -> list[int]:
+    return minibatch_indices(len(state["train"]), ctx.minibatch_size, ctx.seed,
+                             state["iteration"])
+
+
+def _spent(state: GradSumState) -> int:
+    return sum(u["calls"] for u in state.get("usage", {}).values())
+
+
+def _caller(state: GradSumState, runtime: Ctx, config: RunnableConfig, *, phase: str) -> LLMCaller:
+    """The node's caller, with the budget it may spend.
+
+    Loop nodes may not touch the reserve kept for the final validation.
+    """
+    ctx = runtime.context
+    limit = None
+    if ctx.max_llm_calls is not None:
+        reserve = beam_mod.final_reserve(state, ctx) if phase == "loop" else 0
+        limit = max(0, ctx.max_llm_calls - _spent(state) - reserve)
+    return LLMCaller(CallBudget(limit), config, max_retries=ctx.max_retries,
+                     max_parse_retries=ctx.max_parse_retries,
+                     max_concurrency=ctx.max_concurrency,
+                     backoff=ctx.retry_backoff)
+
+
+def _result(caller: LLMCaller, stop: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"usage": caller.usage, "counters": caller.counters}
+    if stop:
+        out["stop_reason"] = stop
+    return out
+
+
+def _check_failures(caller: LLMCaller, results: list[Any], role: str) -> str | None:
+    """Budget exhaustion stops the run; if every call failed, the error is raised."""
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if any(isinstance(e, BudgetExhausted) for e in errors):
+        return "budget"
+    if errors and len(errors) == len(results):
+        raise errors[0]
+    if errors:
+        caller.count("failed_calls", len(errors))
+    return None
+
+
+def _run_task(
+    caller: LLMCaller,
+    ctx: GradSumContext,
+    state: GradSumState,
+    jobs: list[tuple[str, str, int]],
+    *,
+    iteration: int,
+) -> tuple[dict[str, Record], str | None]:
+    """Task-model outputs for (candidate, split, row) jobs."""
+    task_model, _, _ = _models(ctx)
+    slot: PromptSlot = ctx.prompt_slot or PromptSlot("str")
+
+    def run(job: tuple[str, str, int]) -> str:
+        cid, split, i = job
+        ex = _rows(state, split)[i]
+        messages = slot.render(state["candidates"][cid]["template"], ex["inputs"])
+        return caller.text("generate", task_model, messages, iteration=iteration,
+                           candidate_id=cid, split=split, example=i)
+
+    results = caller.map(run, jobs)
+    stop = _check_failures(caller, results, "generate")
+    records: dict[str, Record] = {}
+    for (cid, split, i), res in zip(jobs, results, strict=True):
+        if isinstance(res, BudgetExhausted):
+            continue
+        key = record_key(cid, split, i)
+        records[key] = {"output": res} if isinstance(res, str) else {"error": _err(res)}
+    return records, stop
+
+
+def _score(
+    caller: LLMCaller,
+    ctx: GradSumContext,
+    state: GradSumState,
+    jobs: list[tuple[str, str, int]],
+    *,
+    iteration: int,
+) -> tuple[dict[str, Record], str | None]:
+    """Evaluate the outputs of (candidate, split, row) jobs: score in 0..1 and feedback."""
+    _, judge_model, _ = _models(ctx)
+    records = state["records"]
+
+    def score(job: tuple[str, str, int]) -> Record:
+        cid, split, i = job
+        ex = _rows(state, split)[i]
+        rec = records[record_key(cid, split, i)]
+        if "output" not in rec:
+            return {**rec, "score": 0.0, "feedback": f"the model call failed: {rec.get('error')}"}
+        results: list[EvalResult] = [
+            run_evaluator(fn, ex["inputs"], rec["output"], ex["outputs"]) for fn in ctx.evaluators
+        ]
+        if ctx.criteria:
+            message = ctx.meta_prompts.judge.format(
+                task_description=ctx.task_description or "(not given)",
+                criteria=ctx.criteria,
+                inputs=_show_inputs(ex),
+                reference=_show_reference(ex),
+                output=_clip(rec["output"]),
+            )
+            verdict = caller.structured("judge", judge_model, message, JudgeVerdict,
+                                        iteration=iteration, candidate_id=cid, split=split,
+                                        example=i)
+            if isinstance(verdict, JudgeVerdict):
+                results.append(EvalResult(key="judge", score=min(1.0, max(0.0, verdict.score)),
+                                          comment=verdict.reasoning))
+            else:
+                caller.count("judge_failures")
+                results.append(EvalResult(key="judge", score=0.0,
+                                          comment="the judge's reply could not be parsed"))
+        mean = sum(r.score for r in results) / len(results)
+        feedback = "\n".join(f"{r.key}: {r.score:g}" + (f" ({r.comment})" if r.comment else "")
+                             for r in results)
+        return {**rec, "score": mean, "feedback": feedback}
+
+    results = caller.map(score, jobs)
+    stop = _check_failures(caller, results, "judge") if ctx.criteria else None
+    scored: dict[str, Record] = {}
+    for (cid, split, i), res in zip(jobs, results, strict=True):
+        if isinstance(res, BudgetExhausted):
+            continue
+        if isinstance(res, BaseException):
+            if not ctx.criteria or isinstance(res, ValueError | TypeError):
+                raise res  # a broken evaluator is a bug to fix, not a fault to count
+            rec = records[record_key(cid, split, i)]
+            scored[record_key(cid, split, i)] = {**rec, "score": 0.0,
+                                                 "feedback": f"the judge call failed: {_err(res)}"}
+            continue
+        scored[record_key(cid, split, i)] = res
+    return scored, stop
+
+
+def _rows(state: GradSumState, split: str) -> list[Example]:
+    return state["val"] if split == "val" else state["train"]
+
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:500]
+
+
+def _clip(text: str, limit: int = _SHOW_LIMIT) -> str:
+    return text if len(text) <= limit else text[:limit] + " …(truncated)"
+
+
+def _show(values: Mapping[str, Any]) -> str:
+    if len(values) == 1:
+        return _clip(str(next(iter(values.values()))))
+    return "\n".join(f"{k}: {_clip(str(v))}" for k, v in values.items())
+
+
+def _show_inputs(ex: Example) -> str:
+    return _show(ex["inputs"])
+
+
+def _show_reference(ex: Example) -> str:
+    ref = ex.get("outputs") or {}
+    if not ref:
+        return "(none given)"
+    if "answer" in ref:
+        return _clip(str(ref["answer"]))
+    return _show(ref)

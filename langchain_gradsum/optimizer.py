@@ -1,0 +1,413 @@
+"""`GradSumOptimizer`: the drop-in PromptTemplate optimizer, and its result."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import RunnableConfig
+
+from langchain_gradsum._llm import resolve_model
+from langchain_gradsum._templates import PromptSlot
+from langchain_gradsum.beam import calls_needed_for_one_iteration
+from langchain_gradsum.data import DataLike, check_variables, load_examples
+from langchain_gradsum.evaluators import evaluator_name, run_evaluator
+from langchain_gradsum.graph import create_gradsum_graph
+from langchain_gradsum.prompts import MetaPrompts
+from langchain_gradsum.state import Candidate, GradSumContext, GradSumState, RoleUsage
+
+__all__ = ["GradSumOptimizer", "OptimizationError", "OptimizationResult"]
+
+Event = dict[str, Any]
+
+
+@dataclass
+class OptimizationResult:
+    """What a run produced. ``best_prompt`` has the type and variables of the input prompt."""
+
+    best_prompt: Any
+    best_template: str
+    best_id: str
+    best_score: float | None
+    """Score of the best prompt on `split` (validation when given)."""
+    initial_score: float | None
+    """Score of the initial prompt on the same split."""
+    split: str
+    stop_reason: str
+    iterations: int
+    candidates: dict[str, Candidate]
+    """Every candidate written, with parent, iteration, summary, gradients and scores."""
+    usage: dict[str, RoleUsage]
+    counters: dict[str, int]
+    wall_time_s: float
+    records: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Every output and evaluation, by ``"candidate|split|row"``."""
+
+    @property
+    def total_calls(self) -> int:
+        return sum(u["calls"] for u in self.usage.values())
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(u["input_tokens"] + u["output_tokens"] for u in self.usage.values())
+
+    @property
+    def history(self) -> list[list[Candidate]]:
+        """Candidates by the iteration that wrote them (index 0 holds the initial prompt)."""
+        out: list[list[Candidate]] = [[] for _ in range(self.iterations + 1)]
+        for cand in self.candidates.values():
+            if cand["iteration"] < len(out):
+                out[cand["iteration"]].append(cand)
+        return out
+
+    def lineage(self, candidate_id: str | None = None) -> list[Candidate]:
+        """The chain of candidates from the initial prompt to `candidate_id` (default best)."""
+        chain: list[Candidate] = []
+        cid: str | None = candidate_id or self.best_id
+        while cid is not None:
+            chain.append(self.candidates[cid])
+            cid = self.candidates[cid]["parent_id"]
+        return chain[::-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "best_template": self.best_template,
+            "best_id": self.best_id,
+            "best_score": self.best_score,
+            "initial_score": self.initial_score,
+            "split": self.split,
+            "stop_reason": self.stop_reason,
+            "iterations": self.iterations,
+            "total_calls": self.total_calls,
+            "total_tokens": self.total_tokens,
+            "wall_time_s": self.wall_time_s,
+            "usage": self.usage,
+            "counters": self.counters,
+            "candidates": self.candidates,
+            "records": self.records,
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json(indent=2), encoding="utf-8")
+        return path
+
+
+class OptimizationError(RuntimeError):
+    """The run failed; `partial_result` keeps everything finished before the failure."""
+
+    def __init__(self, message: str, partial_result: OptimizationResult | None) -> None:
+        super().__init__(message)
+        self.partial_result = partial_result
+
+
+class GradSumOptimizer:
+    """Optimize a prompt with GRAD-SUM (Austin & Chartock, 2024).
+
+    Args:
+        model: Task model: a `BaseChatModel`, a ``"provider:model"`` string, or
+            ``"local"`` for the embedded Qwen2.5-Coder-1.5B server.
+        task_description: Plain-language description of the task.
+        criteria: Evaluation criteria for the LLM judge (scores 0..1). Optional
+            when `evaluators` are given; when both are given, scores are averaged.
+        evaluators: Programmatic evaluators, LangSmith/openevals style.
+        judge_model: Model of the judge (default `model`).
+        optimizer_model: Model of gradient, summary and edit (default `model`).
+        beam_width: Candidates kept per iteration [3].
+        candidates_per_prompt: New prompts written per beam member per iteration [2].
+        max_iterations: Edit rounds [10].
+        minibatch_size: Training rows scored per iteration, fresh each time [10].
+        max_gradients_per_prompt: Cap on critiques per candidate per iteration (default: all).
+        patience: Stop after this many iterations without a better best.
+        target_score: Stop once the best minibatch score reaches this.
+        max_llm_calls: Hard cap on LLM calls (retries included), never exceeded.
+        max_concurrency: LLM calls in flight at once.
+        max_retries: Retries of timeouts, 429s and 5xx errors.
+        summarize: ``False`` runs the paper's ablation: one edit per gradient, no summary.
+        seed: Seed of the minibatch sampling.
+        meta_prompts: Override the judge/gradient/summary/edit prompts.
+    """
+
+    def __init__(
+        self,
+        model: str | BaseChatModel,
+        *,
+        task_description: str = "",
+        criteria: str | None = None,
+        evaluators: Sequence[Callable[..., Any]] = (),
+        judge_model: str | BaseChatModel | None = None,
+        optimizer_model: str | BaseChatModel | None = None,
+        beam_width: int = 3,
+        candidates_per_prompt: int = 2,
+        max_iterations: int = 10,
+        minibatch_size: int = 10,
+        max_gradients_per_prompt: int | None = None,
+        patience: int | None = None,
+        target_score: float | None = None,
+        max_llm_calls: int | None = None,
+        max_concurrency: int = 4,
+        max_retries: int = 2,
+        max_parse_retries: int = 1,
+        retry_backoff: float = 1.0,
+        summarize: bool = True,
+        seed: int = 0,
+        meta_prompts: MetaPrompts | None = None,
+    ) -> None:
+        _check_int("beam_width", beam_width, 1)
+        _check_int("candidates_per_prompt", candidates_per_prompt, 1)
+        _check_int("max_iterations", max_iterations, 0)
+        _check_int("minibatch_size", minibatch_size, 1)
+        _check_int("max_concurrency", max_concurrency, 1)
+        _check_int("max_retries", max_retries, 0)
+        _check_int("max_parse_retries", max_parse_retries, 0)
+        _check_int("seed", seed, None)
+        if max_gradients_per_prompt is not None:
+            _check_int("max_gradients_per_prompt", max_gradients_per_prompt, 1)
+        if patience is not None:
+            _check_int("patience", patience, 1)
+        if max_llm_calls is not None:
+            _check_int("max_llm_calls", max_llm_calls, 1)
+        if target_score is not None and not (
+            isinstance(target_score, int | float) and 0 < target_score <= 1
+        ):
+            raise ValueError(f"target_score must be in (0, 1], got {target_score!r}")
+        if retry_backoff < 0:
+            raise ValueError(f"retry_backoff must be >= 0, got {retry_backoff!r}")
+        if not criteria and not evaluators:
+            raise ValueError(
+                "give `criteria` (for the LLM judge) or `evaluators` (programmatic), or both: "
+                "nothing would score the outputs"
+            )
+        if criteria is not None and not isinstance(criteria, str):
+            raise TypeError(f"criteria must be a str, got {type(criteria).__name__}")
+        evaluators = list(evaluators)
+        for fn in evaluators:
+            if not callable(fn):
+                raise TypeError(f"evaluators must be callables, got {fn!r}")
+        # Resolve models now: an unknown model string fails here, before any call.
+        self.model = resolve_model(model, "model")
+        self.judge_model = resolve_model(judge_model, "judge_model") if judge_model else None
+        self.optimizer_model = (
+            resolve_model(optimizer_model, "optimizer_model") if optimizer_model else None
+        )
+        self.settings = dict(
+            task_description=task_description,
+            criteria=criteria or None,
+            evaluators=tuple(evaluators),
+            beam_width=beam_width,
+            candidates_per_prompt=candidates_per_prompt,
+            max_iterations=max_iterations,
+            minibatch_size=minibatch_size,
+            max_gradients_per_prompt=max_gradients_per_prompt,
+            patience=patience,
+            target_score=target_score,
+            max_llm_calls=max_llm_calls,
+            max_concurrency=max_concurrency,
+            max_retries=max_retries,
+            max_parse_retries=max_parse_retries,
+            retry_backoff=retry_backoff,
+            summarize=summarize,
+            seed=seed,
+            meta_prompts=meta_prompts or MetaPrompts(),
+        )
+
+    # --- public API --------------------------------------------------------------------
+
+    def optimize(
+        self,
+        prompt: Any,
+        train: DataLike,
+        val: DataLike | None = None,
+        *,
+        on_event: Callable[[Event], None] | None = None,
+        config: RunnableConfig | None = None,
+    ) -> OptimizationResult:
+        """Optimize `prompt` on `train`; pick the final prompt on `val` (else `train`).
+
+        Args:
+            prompt: A str, `PromptTemplate` or `ChatPromptTemplate` with ``{variables}``.
+            train: Rows ``{"inputs": {...}, "outputs": {...}}``, langsmith Examples or a
+                JSONL path.
+            val: Validation rows, same forms.
+            on_event: Called with each progress event (iteration, scored, candidate, best).
+            config: Extra runnable config (callbacks, tags, metadata) for the run.
+
+        Raises:
+            ValueError / TypeError: bad input, before any LLM call.
+            OptimizationError: the run failed; ``.partial_result`` has what was done.
+        """
+        graph, inputs, ctx, run_config = self._prepare(prompt, train, val, config)
+        start = time.monotonic()
+        last: dict[str, Any] = dict(inputs)
+        try:
+            for mode, chunk in graph.stream(inputs, run_config, context=ctx,
+                                            stream_mode=["values", "custom"]):
+                last = self._on_chunk(mode, chunk, last, on_event)
+        except KeyboardInterrupt:
+            return self._result(last, ctx, start, interrupted="interrupted")
+        except Exception as e:
+            raise OptimizationError(f"optimization failed: {type(e).__name__}: {e}",
+                                    self._partial(last, ctx, start)) from e
+        return self._result(last, ctx, start)
+
+    async def aoptimize(
+        self,
+        prompt: Any,
+        train: DataLike,
+        val: DataLike | None = None,
+        *,
+        on_event: Callable[[Event], None] | None = None,
+        config: RunnableConfig | None = None,
+    ) -> OptimizationResult:
+        """Async `optimize`."""
+        graph, inputs, ctx, run_config = self._prepare(prompt, train, val, config)
+        start = time.monotonic()
+        last: dict[str, Any] = dict(inputs)
+        try:
+            async for mode, chunk in graph.astream(inputs, run_config, context=ctx,
+                                                   stream_mode=["values", "custom"]):
+                last = self._on_chunk(mode, chunk, last, on_event)
+        except Exception as e:
+            raise OptimizationError(f"optimization failed: {type(e).__name__}: {e}",
+                                    self._partial(last, ctx, start)) from e
+        return self._result(last, ctx, start)
+
+    # --- internals ---------------------------------------------------------------------
+
+    def context(self, slot: PromptSlot | None = None) -> GradSumContext:
+        """The graph context these settings make."""
+        return GradSumContext(model=self.model, judge_model=self.judge_model,
+                              optimizer_model=self.optimizer_model, prompt_slot=slot,
+                              **self.settings)  # type: ignore[arg-type]
+
+    def _prepare(
+        self, prompt: Any, train: DataLike, val: DataLike | None, config: RunnableConfig | None
+    ) -> tuple[Any, dict[str, Any], GradSumContext, RunnableConfig]:
+        slot, text = PromptSlot.from_prompt(prompt)
+        variables = slot.all_variables(text)
+        if not variables:
+            raise ValueError(
+                "the prompt has no {variables}: without one, no example can be filled in. "
+                "Add a placeholder such as {question}"
+            )
+        train_rows = load_examples(train, name="train")
+        val_rows = load_examples(val, name="val") if val is not None else []
+        check_variables(train_rows, variables, "train")
+        check_variables(val_rows, variables, "val")
+        ctx = self.context(slot)
+        _dry_run_evaluators(ctx.evaluators, train_rows[0])
+        if ctx.max_llm_calls is not None:
+            need = calls_needed_for_one_iteration(len(train_rows), len(val_rows), ctx)
+            if ctx.max_llm_calls < need:
+                raise ValueError(
+                    f"max_llm_calls={ctx.max_llm_calls} is too small for one iteration with "
+                    f"these settings: it needs at least {need} (scoring the initial prompt, one "
+                    "round of gradients, summary and edits, scoring the new prompts, and the "
+                    f"final validation of up to {ctx.beam_width + 1} prompts on "
+                    f"{len(val_rows) or len(train_rows)} rows). Raise max_llm_calls or lower "
+                    "minibatch_size, candidates_per_prompt, beam_width or the validation size."
+                )
+        inputs = {"prompt": text, "train": train_rows, "val": val_rows}
+        run_config: RunnableConfig = {
+            "run_name": "GradSum",
+            "recursion_limit": 6 * (ctx.max_iterations + 2) + 10,
+            "max_concurrency": ctx.max_concurrency,
+            "metadata": {"gradsum_beam_width": ctx.beam_width,
+                         "gradsum_max_iterations": ctx.max_iterations},
+        }
+        if config:
+            run_config = {**config, **run_config,
+                          "metadata": {**config.get("metadata", {}), **run_config["metadata"]}}
+            if config.get("run_name"):
+                run_config["run_name"] = config["run_name"]
+        return create_gradsum_graph(), inputs, ctx, run_config
+
+    @staticmethod
+    def _on_chunk(mode: str, chunk: Any, last: dict[str, Any],
+                  on_event: Callable[[Event], None] | None) -> dict[str, Any]:
+        if mode == "values":
+            return chunk
+        if on_event is not None:
+            on_event({**chunk, "calls": chunk.get("calls", _calls(last))})
+        return last
+
+    def _result(self, state: dict[str, Any], ctx: GradSumContext, start: float,
+                interrupted: str | None = None) -> OptimizationResult:
+        if state.get("best_id") and not interrupted:
+            best_id = state["best_id"]
+            cands = state["candidates"]
+            return self._build(state, ctx, start, best_id, cands[best_id]["val_score"],
+                               cands["c0"]["val_score"],
+                               "val" if state.get("val") else "train", state["stop_reason"])
+        return self._partial(state, ctx, start, interrupted or "incomplete")
+
+    def _partial(self, state: dict[str, Any], ctx: GradSumContext, start: float,
+                 reason: str = "error") -> OptimizationResult | None:
+        """Best so far when the run did not finish: the top minibatch score of the
+        latest iteration anything was scored in (not validated)."""
+        cands: dict[str, Candidate] = state.get("candidates") or {}
+        if not cands:
+            return None
+        best_id, best, latest = "c0", None, -1
+        for cid, cand in cands.items():
+            for it, score in cand["scores"].items():
+                if int(it) > latest or (int(it) == latest and score > (best or -1)):
+                    best_id, best, latest = cid, score, int(it)
+        init = cands["c0"]["scores"].get(str(latest))
+        return self._build(state, ctx, start, best_id, best, init, "minibatch", reason)
+
+    def _build(self, state: dict[str, Any], ctx: GradSumContext, start: float, best_id: str,
+               best: float | None, initial: float | None, split: str,
+               reason: str) -> OptimizationResult:
+        slot: PromptSlot = ctx.prompt_slot or PromptSlot("str")
+        template = state["candidates"][best_id]["template"]
+        return OptimizationResult(
+            best_prompt=slot.rebuild(template),
+            best_template=template,
+            best_id=best_id,
+            best_score=best,
+            initial_score=initial,
+            split=split,
+            stop_reason=reason,
+            iterations=state.get("iteration", 0),
+            candidates=dict(state["candidates"]),
+            usage=dict(state.get("usage") or {}),
+            counters=dict(state.get("counters") or {}),
+            wall_time_s=round(time.monotonic() - start, 3),
+            records=dict(state.get("records") or {}),
+        )
+
+
+def _calls(state: GradSumState | dict[str, Any]) -> int:
+    return sum(u["calls"] for u in (state.get("usage") or {}).values())
+
+
+def _check_int(name: str, value: Any, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _dry_run_evaluators(evaluators: Iterable[Callable[..., Any]], row: dict[str, Any]) -> None:
+    """Call each evaluator once with the reference as the output, so a broken
+    evaluator fails now and not after calls were paid for."""
+    ref = row["outputs"]
+    fake_output = str(ref.get("answer", next(iter(ref.values()), ""))) if ref else ""
+    for fn in evaluators:
+        try:
+            run_evaluator(fn, row["inputs"], fake_output, ref)
+        except Exception as e:
+            raise ValueError(
+                f"evaluator {evaluator_name(fn)!r} failed a dry run on train row 0 (with the "
+                f"reference answer as the output): {type(e).__name__}: {e}"
+            ) from None

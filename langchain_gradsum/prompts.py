@@ -1,0 +1,168 @@
+"""The meta-prompts of GRAD-SUM's LLM modules: readable constants, overridable.
+
+Each is a ``str.format`` template; the values substituted in (data, outputs,
+prompts) may contain braces freely. Override any of them with
+``GradSumOptimizer(meta_prompts=MetaPrompts(edit=MY_EDIT_PROMPT))``; an override
+must keep the same ``{fields}`` (checked before any LLM call).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, fields
+
+__all__ = [
+    "EDIT_PROMPT",
+    "GRADIENT_PROMPT",
+    "JUDGE_PROMPT",
+    "MetaPrompts",
+    "SUMMARY_PROMPT",
+]
+
+JUDGE_PROMPT = """\
+You are grading the output of an AI assistant.
+
+<task>
+{task_description}
+</task>
+
+<criteria>
+{criteria}
+</criteria>
+
+<input>
+{inputs}
+</input>
+
+<expected_output>
+{reference}
+</expected_output>
+
+<output>
+{output}
+</output>
+
+First reason briefly about whether the output meets the criteria. Then give a score \
+from 0 to 1: 1 means it fully meets the criteria, 0 means it does not meet them at all."""
+
+GRADIENT_PROMPT = """\
+You are improving a prompt that instructs an AI assistant.
+
+<task>
+{task_description}
+</task>
+
+<prompt>
+{prompt}
+</prompt>
+
+The prompt was filled in with the input below, and the assistant's output fell short.
+
+<input>
+{inputs}
+</input>
+
+<output>
+{output}
+</output>
+
+<expected_output>
+{reference}
+</expected_output>
+
+<evaluation score="{score}">
+{feedback}
+</evaluation>
+
+In one short paragraph, explain what in the prompt led to this shortfall and how the \
+prompt's instructions should change so the assistant gets inputs like this right. \
+Talk about the prompt, not about this one answer."""
+
+SUMMARY_PROMPT = """\
+You are improving a prompt that instructs an AI assistant.
+
+<task>
+{task_description}
+</task>
+
+<prompt>
+{prompt}
+</prompt>
+
+Each critique below was written after the prompt failed on one example.
+
+<critiques>
+{gradients}
+</critiques>
+
+Merge the critiques into one paragraph of general advice for improving the prompt. \
+Keep the problems that recur across examples and drop details that only fit a single \
+example. Write only the paragraph."""
+
+EDIT_PROMPT = """\
+You are improving a prompt that instructs an AI assistant.
+
+<task>
+{task_description}
+</task>
+
+<prompt>
+{prompt}
+</prompt>
+
+<feedback>
+{feedback}
+</feedback>
+
+Write an improved version of the prompt that fixes the problems in the feedback.
+- Keep each of these placeholders exactly as written, once each: {variables}
+- Do not solve any example yourself; write instructions that work for every input.
+{variant}
+Return only the new prompt, between <prompt> and </prompt> tags."""
+
+
+@dataclass(frozen=True)
+class MetaPrompts:
+    """The four meta-prompts. Replace any to change how a module talks to its LLM."""
+
+    judge: str = JUDGE_PROMPT
+    gradient: str = GRADIENT_PROMPT
+    summarize: str = SUMMARY_PROMPT
+    edit: str = EDIT_PROMPT
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            default = f.default
+            text = getattr(self, f.name)
+            if not isinstance(text, str):
+                raise TypeError(f"MetaPrompts.{f.name} must be a str, got {type(text).__name__}")
+            need = _fields(default)  # type: ignore[arg-type]
+            try:
+                have = _fields(text)
+            except ValueError as e:
+                raise ValueError(
+                    f"MetaPrompts.{f.name} is not a valid str.format template ({e}); "
+                    "write literal braces as {{ and }}"
+                ) from None
+            if have - need:
+                raise ValueError(
+                    f"MetaPrompts.{f.name} uses unknown fields {sorted(have - need)}; "
+                    f"available: {sorted(need)}"
+                )
+            missing = need - have - _OPTIONAL[f.name]
+            if missing:
+                raise ValueError(
+                    f"MetaPrompts.{f.name} must contain the fields {sorted(missing)}"
+                )
+
+
+_OPTIONAL = {
+    "judge": {"task_description", "reference", "inputs"},
+    "gradient": {"task_description", "reference", "score", "feedback", "inputs"},
+    "summarize": {"task_description"},
+    "edit": {"task_description", "variant"},
+}
+
+
+def _fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}

@@ -1,0 +1,175 @@
+"""The graph's state (what flows) and context (the run's knobs), in one place.
+
+The state is plain JSON-able data so any LangGraph checkpointer can persist it.
+The context holds the settings and model objects; it is not checkpointed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypedDict
+
+from langchain_core.language_models import BaseChatModel
+
+from langchain_gradsum.prompts import MetaPrompts
+
+__all__ = [
+    "Candidate",
+    "Example",
+    "GradSumContext",
+    "GradSumInput",
+    "GradSumState",
+    "Record",
+    "RoleUsage",
+    "ROLES",
+    "record_key",
+]
+
+Role = Literal["generate", "judge", "gradient", "summarize", "edit"]
+ROLES: tuple[Role, ...] = ("generate", "judge", "gradient", "summarize", "edit")
+
+
+class Example(TypedDict):
+    """One data row, in the format of LangSmith datasets and `shared/data`."""
+
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+
+
+class Candidate(TypedDict):
+    """One prompt the search has produced (the initial prompt is `c0`)."""
+
+    id: str
+    template: str
+    """The optimized text: the whole template, or the optimized chat message."""
+    parent_id: str | None
+    iteration: int
+    """The iteration in which the candidate was written (0 for the initial prompt)."""
+    summary: str | None
+    """The summarized gradient (or, with ``summarize=False``, the single gradient)
+    that produced this candidate."""
+    gradients: dict[str, list[str]]
+    """Critiques of this candidate, by iteration (as a string key)."""
+    summaries: dict[str, str]
+    """This candidate's summarized gradient, by iteration."""
+    scores: dict[str, float]
+    """Mean minibatch score, by iteration (as a string key)."""
+    val_score: float | None
+
+
+class Record(TypedDict, total=False):
+    """One candidate's output on one example, and its evaluation."""
+
+    output: str
+    error: str
+    score: float
+    feedback: str
+    """Evaluator comments and judge reasoning, joined."""
+
+
+class RoleUsage(TypedDict):
+    calls: int
+    input_tokens: int
+    output_tokens: int
+
+
+def record_key(candidate_id: str, split: str, index: int) -> str:
+    """Key of a record: which candidate, which split, which row."""
+    return f"{candidate_id}|{split}|{index}"
+
+
+def merge_dicts(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
+    """Reducer: later values replace earlier ones key by key."""
+    return {**(left or {}), **(right or {})}
+
+
+def add_usage(
+    left: dict[str, RoleUsage] | None, right: dict[str, RoleUsage] | None
+) -> dict[str, RoleUsage]:
+    """Reducer: add calls and tokens per role."""
+    out: dict[str, RoleUsage] = {k: dict(v) for k, v in (left or {}).items()}  # type: ignore[misc]
+    for role, u in (right or {}).items():
+        cur = out.setdefault(role, {"calls": 0, "input_tokens": 0, "output_tokens": 0})
+        for k in ("calls", "input_tokens", "output_tokens"):
+            cur[k] += u.get(k, 0)  # type: ignore[literal-required]
+    return out
+
+
+def add_counts(left: dict[str, int] | None, right: dict[str, int] | None) -> dict[str, int]:
+    """Reducer: add event counters (rejected candidates, retries, parse failures...)."""
+    out = dict(left or {})
+    for k, v in (right or {}).items():
+        out[k] = out.get(k, 0) + v
+    return out
+
+
+class GradSumInput(TypedDict, total=False):
+    """What a caller (or `langgraph dev`) passes in."""
+
+    prompt: str
+    """The template text to optimize, with ``{variables}``."""
+    train: list[Example]
+    val: list[Example]
+
+
+class GradSumState(TypedDict, total=False):
+    """Everything that flows through the GRAD-SUM loop."""
+
+    prompt: str
+    train: list[Example]
+    val: list[Example]
+    iteration: int
+    """Number of edit rounds done so far."""
+    candidates: Annotated[dict[str, Candidate], merge_dicts]
+    """Every candidate ever written, by id: the full history and lineage."""
+    beam: list[str]
+    """Ids of the candidates alive in the search (parents plus new children)."""
+    records: Annotated[dict[str, Record], merge_dicts]
+    """Outputs and scores by `record_key`, so nothing is generated twice."""
+    usage: Annotated[dict[str, RoleUsage], add_usage]
+    counters: Annotated[dict[str, int], add_counts]
+    stop_reason: str | None
+    best_id: str | None
+
+
+Evaluator = Callable[..., Any]
+ModelLike = str | BaseChatModel
+
+
+@dataclass(kw_only=True)
+class GradSumContext:
+    """Settings of one optimization run (LangGraph's ``context_schema``)."""
+
+    model: ModelLike = field(metadata={"description": "Task model: runs the candidate prompts."})
+    judge_model: ModelLike | None = field(
+        default=None, metadata={"description": "Scores outputs from `criteria`; default `model`."}
+    )
+    optimizer_model: ModelLike | None = field(
+        default=None,
+        metadata={"description": "Writes gradients, summaries and edits; default `model`."},
+    )
+    task_description: str = ""
+    criteria: str | None = None
+    evaluators: Sequence[Evaluator] = ()
+    beam_width: int = 3
+    candidates_per_prompt: int = 2
+    max_iterations: int = 10
+    minibatch_size: int = 10
+    max_gradients_per_prompt: int | None = None
+    patience: int | None = None
+    target_score: float | None = None
+    max_llm_calls: int | None = None
+    max_concurrency: int = 4
+    max_retries: int = 2
+    max_parse_retries: int = 1
+    retry_backoff: float = 1.0
+    """Seconds before the first retry; doubles each time."""
+    summarize: bool = True
+    seed: int = 0
+    meta_prompts: MetaPrompts = field(default_factory=MetaPrompts)
+    prompt_slot: Any = None
+    """Where the optimized text sits in the user's prompt (see `_templates.PromptSlot`);
+    `None` means a plain string template sent as one human message."""
+    should_stop: Callable[[], str | None] | None = None
+    """Polled between steps; a returned reason ends the run gracefully."""
