@@ -317,10 +317,11 @@ class GradSumOptimizer:
                     "minibatch_size, candidates_per_prompt, beam_width or the validation size."
                 )
         inputs = {"prompt": text, "train": train_rows, "val": val_rows}
+        # No graph-level max_concurrency: LangGraph's streaming uses one of those
+        # slots itself (a limit of 1 deadlocks); LLMCaller bounds the calls instead.
         run_config: RunnableConfig = {
             "run_name": "GradSum",
             "recursion_limit": 6 * (ctx.max_iterations + 2) + 10,
-            "max_concurrency": ctx.max_concurrency,
             "metadata": {"gradsum_beam_width": ctx.beam_width,
                          "gradsum_max_iterations": ctx.max_iterations},
         }
