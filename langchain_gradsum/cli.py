@@ -1,0 +1,515 @@
+"""``gradsum``: optimize a prompt from the command line and see the run.
+
+    gradsum optimize "Answer: {question}" --data train.jsonl --val val.jsonl \\
+        --task "grade-school math" --evaluator numeric_match --model local --out run/
+    gradsum report run/result.json -o report.html
+
+Exit codes: 0 done, 1 the run failed (what finished is still written), 2 bad
+input (one ``error: ...`` line, no traceback), 130 interrupted (the result so
+far is written).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="gradsum",
+    help="GRAD-SUM prompt optimization (arXiv 2407.12865): optimize a prompt template on a "
+    "dataset, then see the run as a self-contained HTML report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class EvaluatorName(str, Enum):
+    numeric_match = "numeric_match"
+    exact_match = "exact_match"
+    contains_answer = "contains_answer"
+    choice_match = "choice_match"
+
+
+class InputError(ValueError):
+    """Bad input found by the CLI itself."""
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one ``error:`` line to stderr and return the exit to raise."""
+    message = " ".join(str(message).split()) or "unknown error"
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"error: {message}", markup=False
+    )
+    return typer.Exit(code)
+
+
+def _text_arg(value: str | None, what: str) -> str | None:
+    """A string, or ``@FILE`` for the contents of FILE (``@-`` reads stdin)."""
+    if value is None or not value.startswith("@"):
+        return value
+    name = value[1:]
+    if name == "-":
+        return sys.stdin.read()
+    path = Path(name)
+    if not path.is_file():
+        raise InputError(f"{what}: no such file {name!r} (a leading @ reads the text from a file)")
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{what}: cannot read {name!r}: {e}") from None
+
+
+def _evaluators(names: list[EvaluatorName]) -> list[Any]:
+    from langchain_gradsum import evaluators as ev
+
+    out: list[Any] = []
+    for name in names:
+        fn = getattr(ev, EvaluatorName(name).value)
+        if fn not in out:
+            out.append(fn)
+    return out
+
+
+def _prompt_variables(template: str) -> list[str] | None:
+    from langchain_core.prompts import PromptTemplate
+
+    try:
+        return list(PromptTemplate.from_template(template).input_variables)
+    except Exception:  # let the optimizer report template errors in its own words
+        return None
+
+
+def _models(specs: dict[str, str | None], stack: contextlib.ExitStack) -> dict[str, Any]:
+    """Model objects or strings for GradSumOptimizer; ``local`` starts the embedded
+    server once (or reuses ``$GRADSUM_LOCAL_BASE_URL``) for every role that asks."""
+    resolved: dict[str, Any] = {}
+    local: Any = None
+    for role, spec in specs.items():
+        if spec is None:
+            resolved[role] = None
+        elif spec.strip().lower() == "local":
+            if local is None:
+                from langchain_gradsum import local_llm
+
+                base_url = stack.enter_context(local_llm.running_local_llm())
+                local = local_llm.local_chat_model(base_url)
+            resolved[role] = local
+        else:
+            resolved[role] = spec
+    return resolved
+
+
+def _tracing_enabled() -> bool:
+    for name in ("LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2", "LANGSMITH_TRACING_V2",
+                 "LANGCHAIN_TRACING"):
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True
+    return False
+
+
+def _flush_traces() -> None:
+    with contextlib.suppress(Exception):
+        from langchain_core.tracers.langchain import wait_for_all_tracers
+
+        wait_for_all_tracers()
+
+
+# --- live progress -------------------------------------------------------------------
+
+
+class ProgressView:
+    """Turns the optimizer's events into a live status line (terminal) or log lines."""
+
+    def __init__(self, console: Console, *, max_iterations: int, budget: int | None,
+                 live: bool | None = None, quiet: bool = False) -> None:
+        self.console = console
+        self.max_iterations = max_iterations
+        self.budget = budget
+        self.live = console.is_terminal if live is None else live
+        self.quiet = quiet
+        self.iteration = 0
+        self.scored = 0
+        self.written = 0
+        self.best: tuple[float, str] | None = None
+        self.calls = 0
+        self.phase = "starting"
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    # context manager: the live display runs while the optimizer does
+    def __enter__(self) -> ProgressView:
+        if self.live and not self.quiet:
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.fields[phase]}"),
+                BarColumn(bar_width=24),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(
+                "gradsum", total=self.max_iterations + 1, phase=self.phase, status=self._status()
+            )
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._refresh()
+            self._progress.stop()
+            self._progress = None
+
+    def finish(self, total_calls: int) -> None:
+        """The run is over: show the exact call count (events may lag behind it)."""
+        self.calls = total_calls
+        self.phase = "done"
+        self._refresh()
+
+    def _calls_text(self) -> str:
+        return f"calls {self.calls}" + (f"/{self.budget}" if self.budget else "")
+
+    def _best_text(self) -> str:
+        return f"best {self.best[0]:.3f} ({self.best[1]})" if self.best else "best –"
+
+    def _status(self) -> str:
+        return (f"iteration {self.iteration}/{self.max_iterations} · scored {self.scored} · "
+                f"{self._best_text()} · {self._calls_text()}")
+
+    def _refresh(self) -> None:
+        if self._progress is not None:
+            done = self.max_iterations + 1 if self.phase == "done" else min(
+                self.iteration, self.max_iterations) + (1 if self.phase == "final" else 0)
+            self._progress.update(self._task, completed=done, phase=self.phase,
+                                  status=self._status())
+
+    def _log(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.console.print(line, markup=False, highlight=False)
+        elif not self.live:
+            self.console.print(f"[gradsum] {line}", markup=False, highlight=False,
+                               soft_wrap=True)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if isinstance(event.get("calls"), int):
+            self.calls = max(self.calls, event["calls"])
+        if kind == "iteration":
+            self.iteration = int(event.get("iteration", self.iteration))
+            self.phase = "iteration"
+            beam = ", ".join(event.get("beam") or [])
+            self._log(f"iteration {self.iteration}/{self.max_iterations} · beam {beam} · "
+                      f"{self._calls_text()}")
+        elif kind == "scored":
+            self.scored += 1
+            score = float(event.get("score", 0.0))
+            cid = str(event.get("candidate"))
+            new_best = self.best is None or score > self.best[0]
+            if new_best:
+                self.best = (score, cid)
+            if not self.live:
+                self._log(f"  {cid} scored {score:.3f} (minibatch, iteration "
+                          f"{event.get('iteration')})" + (" · new best" if new_best else ""))
+        elif kind == "candidate":
+            self.written += 1
+            if not self.live:
+                self._log(f"  {event.get('candidate')} written from {event.get('parent')}")
+        elif kind == "rejected":
+            self._log(f"  rejected an edit of {event.get('parent')}: {event.get('why')}")
+        elif kind == "finalize":
+            self.phase = "final"
+            finalists = ", ".join(event.get("finalists") or [])
+            reason = event.get("stop_reason") or "done"
+            self._log(f"stopped ({reason}); scoring {finalists} on {event.get('split')}")
+        elif kind == "best":
+            self.phase = "done"
+            score = event.get("score")
+            shown = f"{score:.3f}" if isinstance(score, int | float) else "–"
+            self._log(f"best {event.get('candidate')}: {shown}")
+        self._refresh()
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+def _version(value: bool) -> None:
+    if value:
+        from langchain_gradsum import __version__
+
+        typer.echo(f"gradsum {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """GRAD-SUM prompt optimization from the command line."""
+
+
+@app.command()
+def optimize(
+    prompt: Annotated[str, typer.Argument(
+        help="The prompt template to optimize, with {variables} named like the data's inputs; "
+        "or @FILE to read it from a file (@- reads stdin).", show_default=False,
+        metavar="PROMPT")],
+    data: Annotated[Path, typer.Option(
+        "--data", "-d", help="Training rows: JSONL, one {\"inputs\": {...}, \"outputs\": "
+        "{...}} per line.", show_default=False, dir_okay=False, metavar="FILE")],
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="Task model: 'provider:model' (e.g. openai:gpt-4o-mini) or "
+        "'local' for the embedded Qwen2.5-Coder-1.5B server (started for the run, or "
+        "$GRADSUM_LOCAL_BASE_URL).", show_default=False, metavar="MODEL")],
+    val: Annotated[Path | None, typer.Option(
+        "--val", help="Validation rows (JSONL) to pick the final prompt on; default: the "
+        "training rows.", dir_okay=False, metavar="FILE")] = None,
+    task: Annotated[str, typer.Option(
+        "--task", "-t", help="Plain-language description of the task (or @FILE).",
+        metavar="TEXT")] = "",
+    criteria: Annotated[str | None, typer.Option(
+        "--criteria", "-c", help="Criteria for the LLM judge, scored 0..1 (or @FILE). Give "
+        "--criteria, --evaluator, or both (scores are averaged).", metavar="TEXT")] = None,
+    evaluator: Annotated[list[EvaluatorName] | None, typer.Option(
+        "--evaluator", "-e", help="Built-in programmatic evaluator: numeric_match, exact_match, "
+        "contains_answer or choice_match; repeat for several.",
+        case_sensitive=False, metavar="NAME")] = None,
+    judge_model: Annotated[str | None, typer.Option(
+        "--judge-model", help="Model of the LLM judge (default: --model).",
+        metavar="MODEL")] = None,
+    optimizer_model: Annotated[str | None, typer.Option(
+        "--optimizer-model", help="Model that writes critiques, summaries and edits "
+        "(default: --model).", metavar="MODEL")] = None,
+    beam_width: Annotated[int, typer.Option(
+        "--beam-width", help="Candidates kept per iteration.")] = 3,
+    candidates_per_prompt: Annotated[int, typer.Option(
+        "--candidates-per-prompt", help="New prompts written per beam member per "
+        "iteration.")] = 2,
+    max_iterations: Annotated[int, typer.Option(
+        "--max-iterations", help="Edit rounds.")] = 10,
+    minibatch_size: Annotated[int, typer.Option(
+        "--minibatch-size", help="Training rows scored per iteration (fresh each "
+        "time).")] = 10,
+    patience: Annotated[int | None, typer.Option(
+        "--patience", help="Stop after this many iterations without a better best.",
+        show_default=False)] = None,
+    target_score: Annotated[float | None, typer.Option(
+        "--target-score", help="Stop once the best minibatch score reaches this (0..1].",
+        show_default=False)] = None,
+    max_llm_calls: Annotated[int | None, typer.Option(
+        "--max-llm-calls", help="Hard cap on LLM calls, retries included; never exceeded.",
+        show_default=False)] = None,
+    max_concurrency: Annotated[int, typer.Option(
+        "--max-concurrency", help="LLM calls in flight at once.")] = 4,
+    no_summarize: Annotated[bool, typer.Option(
+        "--no-summarize", help="The paper's ablation: one edit per critique, no "
+        "summary.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the minibatch sampling.")] = 0,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Directory to write result.json and report.html into.",
+        file_okay=False, show_default=False, metavar="DIR")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress output; only the summary.")] = False,
+) -> None:
+    """Optimize PROMPT on --data; write result.json and report.html with --out.
+
+    Progress shows live on a terminal and as plain log lines otherwise. Set
+    LANGSMITH_TRACING=true (and LANGSMITH_API_KEY) to trace the run to LangSmith:
+    one "GradSum" trace, a run per graph node and per LLM call.
+
+    Example:
+
+    \b
+      gradsum optimize "Solve: {question}" --data train.jsonl --val val.jsonl \\
+          --task "grade-school math word problems" --evaluator numeric_match \\
+          --model local --max-iterations 3 --max-llm-calls 400 --out run/
+    """
+    console = Console(highlight=False, soft_wrap=True)
+    try:
+        template = _text_arg(prompt, "prompt")
+        task_text = _text_arg(task, "--task") or ""
+        criteria_text = _text_arg(criteria, "--criteria")
+        if not template or not template.strip():
+            raise InputError("the prompt is empty")
+        from langchain_gradsum.data import check_variables, load_examples
+
+        train_rows = load_examples(str(data), name="--data")
+        val_rows = load_examples(str(val), name="--val") if val is not None else None
+        variables = _prompt_variables(template)
+        if variables:
+            check_variables(train_rows, variables, "--data")
+            if val_rows:
+                check_variables(val_rows, variables, "--val")
+        evaluators = _evaluators(list(evaluator or []))
+        knobs: dict[str, Any] = dict(
+            task_description=task_text,
+            criteria=criteria_text or None,
+            evaluators=evaluators,
+            beam_width=beam_width,
+            candidates_per_prompt=candidates_per_prompt,
+            max_iterations=max_iterations,
+            minibatch_size=minibatch_size,
+            patience=patience,
+            target_score=target_score,
+            max_llm_calls=max_llm_calls,
+            max_concurrency=max_concurrency,
+            summarize=not no_summarize,
+            seed=seed,
+        )
+        _check_settings(knobs)
+    except (ValueError, TypeError) as e:
+        raise _fail(str(e)) from None
+
+    from langchain_gradsum.optimizer import GradSumOptimizer, OptimizationError
+
+    specs = {"model": model, "judge_model": judge_model, "optimizer_model": optimizer_model}
+    result = None
+    failure: BaseException | None = None
+    with contextlib.ExitStack() as stack:
+        try:
+            models = _models(specs, stack)
+            optimizer = GradSumOptimizer(models["model"], judge_model=models["judge_model"],
+                                         optimizer_model=models["optimizer_model"], **knobs)
+        except (ValueError, TypeError) as e:
+            raise _fail(str(e)) from None
+        except Exception as e:  # the local server could not start, etc.
+            raise _fail(f"{type(e).__name__}: {e}", 1) from None
+        if not quiet:
+            console.print(
+                f"gradsum: {len(train_rows)} training rows"
+                + (f", {len(val_rows)} validation rows" if val_rows else "")
+                + f" · model {model}" + (" · tracing to LangSmith" if _tracing_enabled() else ""),
+                markup=False,
+            )
+        view = ProgressView(console, max_iterations=max_iterations, budget=max_llm_calls,
+                            quiet=quiet)
+        try:
+            with view:
+                result = optimizer.optimize(template, train_rows, val_rows, on_event=view)
+                view.finish(result.total_calls)
+        except (ValueError, TypeError) as e:
+            raise _fail(str(e)) from None
+        except OptimizationError as e:
+            failure = e
+            result = e.partial_result
+        except KeyboardInterrupt as e:  # a second Ctrl-C, or one outside the graph
+            failure = e
+    if _tracing_enabled():
+        _flush_traces()
+
+    run_info = {
+        "command": "gradsum optimize",
+        "models": {k: v for k, v in specs.items() if v is not None},
+        "settings": {k: (v if k != "evaluators" else [e.__name__ for e in v])
+                     for k, v in knobs.items()},
+        "data": {"train": str(data), **({"val": str(val)} if val is not None else {})},
+        "examples": {"train": train_rows, **({"val": val_rows} if val_rows else {})},
+    }
+    written: list[Path] = []
+    if result is not None and out is not None:
+        try:
+            written = _write_outputs(result, run_info, out)
+        except OSError as e:
+            raise _fail(f"cannot write to {str(out)!r}: {e}", 1) from None
+    if result is not None:
+        _print_summary(console, result, written)
+    if isinstance(failure, KeyboardInterrupt):
+        raise _fail("interrupted", 130)
+    if failure is not None:
+        raise _fail(str(failure), 1)
+    if result is not None and result.stop_reason == "interrupted":
+        raise typer.Exit(130)
+
+
+def _check_settings(knobs: dict[str, Any]) -> None:
+    """Validate the knobs now (before a local server starts) with a stand-in model."""
+    from langchain_gradsum.optimizer import GradSumOptimizer
+    from langchain_gradsum.testing import ScriptedChatModel
+
+    def never(text: str, role: str) -> str:  # pragma: no cover - never called
+        raise AssertionError("the settings check makes no calls")
+
+    GradSumOptimizer(ScriptedChatModel(respond=never), **knobs)
+
+
+def _write_outputs(result: Any, run_info: dict[str, Any], out: Path) -> list[Path]:
+    from langchain_gradsum.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = result.to_dict()
+    data["run"] = run_info
+    result_path = out / "result.json"
+    result_path.write_text(json.dumps(data, ensure_ascii=False, indent=2, default=str),
+                           encoding="utf-8")
+    report_path = write_report(data, out / "report.html")
+    return [result_path, report_path]
+
+
+def _print_summary(console: Console, result: Any, written: list[Path]) -> None:
+    def fmt(x: Any) -> str:
+        return f"{x:.3f}" if isinstance(x, int | float) else "–"
+
+    console.print(
+        f"best {result.best_id}: {fmt(result.best_score)} on {result.split} "
+        f"(initial {fmt(result.initial_score)}) · stop: {result.stop_reason} · "
+        f"{result.iterations} iteration(s) · {result.total_calls} calls · "
+        f"{result.total_tokens:,} tokens · {result.wall_time_s:.1f} s",
+        markup=False,
+    )
+    console.print("--- best prompt ---", markup=False)
+    console.print(result.best_template, markup=False, highlight=False)
+    console.print("---", markup=False)
+    for path in written:
+        console.print(f"wrote {path}", markup=False)
+
+
+@app.command()
+def report(
+    result: Annotated[Path, typer.Argument(
+        help="A result.json written by `gradsum optimize --out` or OptimizationResult.save.",
+        show_default=False, dir_okay=False, metavar="RESULT")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="The HTML file to write (default: report.html next to "
+        "RESULT).", dir_okay=False, show_default=False, metavar="FILE")] = None,
+    title: Annotated[str, typer.Option("--title", help="Title of the page.")] =
+        "GRAD-SUM report",
+) -> None:
+    """Render RESULT (result.json) as one self-contained HTML report."""
+    from langchain_gradsum.report import load_result, write_report
+
+    try:
+        data = load_result(result)
+        path = write_report(data, output or result.with_name("report.html"), title=title)
+    except (ValueError, TypeError) as e:
+        raise _fail(str(e)) from None
+    except OSError as e:
+        raise _fail(f"cannot write the report: {e}", 1) from None
+    typer.echo(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``gradsum`` script."""
+    app(args=argv, prog_name="gradsum")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
