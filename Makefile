@@ -47,8 +47,20 @@ local-llm: install-local
 serve: install-local
 	$(LOCAL) serve
 
-test-unit: install
+test-unit: install chromium
 	$(PY) -m pytest tests/unit_tests -q
+
+# Headless chromium for the report's browser test (tests/unit_tests/test_report_browser.py);
+# if it cannot be installed, that test is skipped with the reason.
+.PHONY: chromium
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  echo "installing chromium (apt-get) for the report's browser test"; \
+	  ( $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium ) || \
+	  echo "could not install chromium: the report's browser test will be skipped"; \
+	fi
 
 test-integration: install-local
 	$(LOCAL) run -- $(PY) -m pytest tests/integration_tests -m integration -q
@@ -69,3 +81,23 @@ clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print | xargs rm -rf
 	rm -f $(STAMP)-*
+
+# --- benchmarks (benchmarks/README.md) ---------------------------------------------------
+#   make bench-efficiency   framework overhead with a fixed-latency fake model (~1 min)
+#   make bench              GRAD-SUM vs DSPy on the local LLM (BENCH_ARGS to choose tasks)
+BENCH_ARGS ?= --tasks svamp
+
+.PHONY: bench bench-efficiency install-bench
+
+$(STAMP)-install-bench: pyproject.toml | $(PY)
+	$(PIP) install -e '.[local,bench,test]'
+	@touch $@ $(STAMP)-install $(STAMP)-install-local
+
+install-bench: $(STAMP)-install-bench
+
+bench-efficiency: install
+	$(PY) benchmarks/efficiency.py
+
+bench: install-bench
+	$(LOCAL) assemble
+	$(LOCAL) run -- $(PY) benchmarks/run.py $(BENCH_ARGS)

@@ -1,0 +1,664 @@
+"""GRAD-SUM vs. no optimization vs. DSPy (COPRO, MIPROv2 zero-shot, GEPA) on offline tasks.
+
+Every optimizer talks to the same OpenAI-compatible server through a counting proxy
+started by this script. The proxy counts every chat request that reaches the server
+(retries and DSPy's adapter fallbacks included), sums the token usage the server
+reports, and refuses requests beyond the call budget of the optimization phase with
+HTTP 400 (not retried by either client). So the budget is a hard cap on what reaches the
+model for every optimizer, whatever its own knobs do; each optimizer's own knobs are
+also set to fit the budget (see `dspy_knobs`), so the cap is a safety net.
+
+Run (starts the embedded local LLM if GRADSUM_LOCAL_BASE_URL is not set):
+
+    python -m langchain_gradsum.local_llm run -- \\
+        python benchmarks/run.py --tasks svamp --optimizers initial gradsum copro
+    python benchmarks/run.py table        # regenerate the README table from results/runs
+
+Results: benchmarks/results/runs/<task>__<optimizer>.json (one per run, overwritten by a
+re-run with the same task/optimizer; the date and settings are inside).
+Data: ../shared/data/<task>/data.jsonl (override with --data-dir); never copied here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import http.server
+import json
+import math
+import os
+import platform
+import random
+import socketserver
+import sys
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_gradsum import choice_match, contains_answer, exact_match, numeric_match
+from langchain_gradsum.evaluators import run_evaluator
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "runs"
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
+README = HERE / "README.md"
+TABLE_BEGIN, TABLE_END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
+
+OPTIMIZERS = ["initial", "gradsum", "gradsum_nosum", "copro", "miprov2", "gepa",
+              "initial_dspy"]
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    dataset: str
+    inputs: tuple[str, ...]
+    template: str
+    """Starting prompt for LangChain-side optimizers (GRAD-SUM, `initial`)."""
+    instruction: str
+    """The same starting instruction as DSPy signature instructions."""
+    description: str
+    metric: Callable[..., dict]
+    max_tokens: int
+
+
+TASKS: dict[str, Task] = {t.name: t for t in [
+    Task("svamp", "svamp", ("question",),
+         "Answer the question: {question}",
+         "Answer the question.",
+         "Solve grade-school math word problems. The reply must end with the final number.",
+         numeric_match, 256),
+    Task("gsm8k", "gsm8k", ("question",),
+         "Answer the question: {question}",
+         "Answer the question.",
+         "Solve grade-school math word problems. The reply must end with the final number.",
+         numeric_match, 320),
+    Task("mmlu", "mmlu", ("subject", "question", "choices"),
+         "Answer this multiple-choice question about {subject}.\n\n{question}\n\n{choices}",
+         "Answer this multiple-choice question.",
+         "Answer multiple-choice exam questions (57 subjects). The reply must name the "
+         "letter (A-D) of the correct option.",
+         choice_match, 200),
+    Task("hellaswag", "hellaswag", ("context", "choices"),
+         "Choose the most likely continuation.\n\n{context}\n\n{choices}",
+         "Choose the most likely continuation.",
+         "Pick the most plausible continuation of a short description (HellaSwag). The "
+         "reply must name the letter (A-D) of the chosen option.",
+         choice_match, 200),
+    Task("bbh_sports_understanding", "bbh_sports_understanding", ("question",),
+         "{question}",
+         "Answer the question.",
+         "Decide whether a sentence about sports is plausible. The reply must be exactly "
+         "'yes' or 'no' (exact match).",
+         exact_match, 128),
+    Task("bbh_date_understanding", "bbh_date_understanding", ("question",),
+         "{question}",
+         "Answer the question.",
+         "Answer date arithmetic questions with options (A)-(F). The reply must be exactly "
+         "the option label, e.g. (B) (exact match).",
+         exact_match, 200),
+    Task("rag_nq_open", "rag_nq_open", ("context", "question"),
+         "Answer the question using the passage.\n\nPassage: {context}\n\nQuestion: {question}",
+         "Answer the question using the passage.",
+         "Answer an open-domain question from a Wikipedia passage; a short answer is "
+         "scored by whether it contains an accepted answer.",
+         contains_answer, 64),
+    Task("hotpotqa", "hotpotqa", ("context", "question"),
+         "Answer the question using the paragraphs.\n\n{context}\n\nQuestion: {question}",
+         "Answer the question using the paragraphs.",
+         "Answer multi-hop questions from Wikipedia paragraphs; scored by whether the reply "
+         "contains the reference answer.",
+         contains_answer, 96),
+]}
+
+
+def load_rows(data_dir: Path, task: Task) -> list[dict[str, Any]]:
+    path = data_dir / task.dataset / "data.jsonl"
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def split_rows(rows: list[dict[str, Any]], task: Task, seed: int, n_train: int, n_val: int,
+               n_test: int) -> dict[str, list[dict[str, Any]]]:
+    """Seeded shuffle of line indices; disjoint train/val/test, same for every optimizer."""
+    idx = list(range(len(rows)))
+    random.Random(f"gradsum-bench-{task.name}-{seed}").shuffle(idx)
+    need = n_train + n_val + n_test
+    if need > len(idx):
+        raise SystemExit(f"{task.name}: {need} rows requested, {len(idx)} available")
+    cut = {"train": idx[:n_train], "val": idx[n_train:n_train + n_val],
+           "test": idx[n_train + n_val:need]}
+    return {k: [rows[i] for i in v] for k, v in cut.items()}
+
+
+# --------------------------------------------------------------------------- proxy
+
+
+class CallMeter:
+    """A loopback HTTP proxy in front of the model server that counts and caps calls."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.lock = threading.Lock()
+        self.limit: int | None = None
+        self.reset()
+        meter = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                self._forward(None)
+
+            def do_POST(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                self._forward(self.rfile.read(n))
+
+            def _forward(self, body: bytes | None) -> None:
+                is_call = body is not None and "completions" in self.path
+                if is_call and not meter.admit():
+                    self._reply(400, json.dumps({"error": {
+                        "message": "benchmark call budget exhausted",
+                        "type": "invalid_request_error", "code": "budget_exhausted"}}).encode())
+                    return
+                path = self.path[3:] if self.path.startswith("/v1") else self.path
+                req = urllib.request.Request(meter.upstream + path, data=body,
+                                             method="POST" if body is not None else "GET")
+                req.add_header("Content-Type", "application/json")
+                try:
+                    with urllib.request.urlopen(req, timeout=600) as r:
+                        status, data = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    status, data = e.code, e.read()
+                except Exception as e:  # upstream down
+                    status, data = 502, json.dumps({"error": {"message": str(e)}}).encode()
+                if is_call:
+                    meter.record(status, data)
+                self._reply(status, data)
+
+            def _reply(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def reset(self, limit: int | None = None) -> None:
+        with self.lock:
+            self.limit = limit
+            self.calls = 0
+            self.refused = 0
+            self.errors = 0
+            self.prompt_tokens = 0
+            self.completion_tokens = 0
+
+    def admit(self) -> bool:
+        with self.lock:
+            if self.limit is not None and self.calls >= self.limit:
+                self.refused += 1
+                return False
+            self.calls += 1
+            return True
+
+    def record(self, status: int, data: bytes) -> None:
+        with self.lock:
+            if status != 200:
+                self.errors += 1
+                return
+            try:
+                usage = json.loads(data).get("usage") or {}
+            except ValueError:
+                return
+            self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens += int(usage.get("completion_tokens") or 0)
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return {"calls": self.calls, "refused_over_budget": self.refused,
+                    "http_errors": self.errors, "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": self.completion_tokens,
+                    "tokens": self.prompt_tokens + self.completion_tokens}
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 0.0)
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+def score(task: Task, row: dict[str, Any], output: str) -> tuple[float, str]:
+    r = run_evaluator(task.metric, row["inputs"], output, row["outputs"])
+    return r.score, r.comment
+
+
+# --------------------------------------------------------------------------- runners
+
+
+@dataclass
+class Ctx:
+    task: Task
+    splits: dict[str, list[dict[str, Any]]]
+    meter: CallMeter
+    args: argparse.Namespace
+    log: Callable[[str], None]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def test_template(ctx: Ctx, template: str) -> list[dict[str, Any]]:
+    """Score a LangChain prompt template on the test split (one call per row)."""
+    from langchain_core.prompts import PromptTemplate
+
+    from langchain_gradsum.local_llm import local_chat_model
+
+    model = local_chat_model(ctx.meter.base_url, max_tokens=ctx.task.max_tokens)
+    prompt = PromptTemplate.from_template(template)
+    out = []
+    for row in ctx.splits["test"]:
+        try:
+            text = str(model.invoke(prompt.format(**row["inputs"])).content)
+        except Exception as e:  # counted as wrong
+            text = f"<error {type(e).__name__}: {e}>"
+        s, c = score(ctx.task, row, text)
+        out.append({"score": s, "comment": c, "output": text})
+    return out
+
+
+def run_initial(ctx: Ctx) -> dict[str, Any]:
+    return {"final_prompt": ctx.task.template, "opt": None}
+
+
+def run_gradsum(ctx: Ctx, summarize: bool = True) -> dict[str, Any]:
+    from langchain_gradsum import GradSumOptimizer, OptimizationError
+    from langchain_gradsum.local_llm import local_chat_model
+
+    a = ctx.args
+    opt = GradSumOptimizer(
+        local_chat_model(ctx.meter.base_url, max_tokens=ctx.task.max_tokens),
+        optimizer_model=local_chat_model(ctx.meter.base_url, max_tokens=a.optimizer_max_tokens),
+        task_description=ctx.task.description,
+        evaluators=[ctx.task.metric],
+        beam_width=a.beam_width, candidates_per_prompt=a.candidates,
+        max_iterations=a.iterations, minibatch_size=a.minibatch,
+        max_gradients_per_prompt=a.max_gradients, max_llm_calls=a.budget,
+        max_concurrency=1, summarize=summarize, seed=a.seed,
+    )
+
+    def on_event(e: dict[str, Any]) -> None:
+        if e.get("event") in ("scored", "candidate", "finalize", "rejected"):
+            ctx.log(f"    [{e.get('calls', 0):3d}] {e.get('event')} "
+                    f"{e.get('candidate', e.get('parent', ''))} {e.get('score', '')}")
+
+    try:
+        res = opt.optimize(ctx.task.template, ctx.splits["train"], ctx.splits["val"],
+                           on_event=on_event)
+    except OptimizationError as e:
+        if e.partial_result is None:
+            raise
+        res = e.partial_result
+    return {"final_prompt": res.best_template,
+            "opt": {"best_score": res.best_score, "initial_score": res.initial_score,
+                    "split": res.split, "stop_reason": res.stop_reason,
+                    "iterations": res.iterations, "reported_calls": res.total_calls,
+                    "usage": res.usage, "counters": res.counters,
+                    "candidates": {k: {"template": v["template"], "parent": v["parent_id"],
+                                       "scores": v["scores"], "val_score": v["val_score"]}
+                                   for k, v in res.candidates.items()}}}
+
+
+# --- DSPy
+
+
+def _dspy_lms(ctx: Ctx) -> tuple[Any, Any]:
+    import dspy
+
+    def lm(max_tokens: int) -> Any:
+        return dspy.LM("openai/local", api_base=ctx.meter.base_url, api_key="unused",
+                       max_tokens=max_tokens, temperature=0, cache=False, num_retries=0)
+
+    return lm(ctx.task.max_tokens), lm(ctx.args.optimizer_max_tokens)
+
+
+def _dspy_program(task: Task) -> Any:
+    import dspy
+
+    sig = dspy.Signature({**{k: dspy.InputField() for k in task.inputs},
+                          "answer": dspy.OutputField()}, task.instruction)
+    return dspy.Predict(sig)
+
+
+def _dspy_examples(task: Task, rows: list[dict[str, Any]]) -> list[Any]:
+    import dspy
+
+    return [dspy.Example(**r["inputs"], answer=r["outputs"]["answer"], _row=r)
+            .with_inputs(*task.inputs) for r in rows]
+
+
+def _dspy_metric(task: Task, feedback: bool) -> Callable[..., Any]:
+    import dspy
+
+    def metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None,
+               pred_trace: Any = None) -> Any:
+        text = str(getattr(pred, "answer", "") or "")
+        s, c = score(task, gold._row, text)
+        if feedback:
+            return dspy.Prediction(score=s, feedback=c)
+        return s
+
+    return metric
+
+
+def _dspy_instructions(program: Any) -> str:
+    return "\n---\n".join(p.signature.instructions for p in program.predictors())
+
+
+def test_dspy(ctx: Ctx, program: Any, task_lm: Any) -> list[dict[str, Any]]:
+    import dspy
+
+    out = []
+    with dspy.context(lm=task_lm):
+        for ex in _dspy_examples(ctx.task, ctx.splits["test"]):
+            try:
+                text = str(program(**ex.inputs()).answer)
+            except Exception as e:
+                text = f"<error {type(e).__name__}: {str(e)[:200]}>"
+            s, c = score(ctx.task, ex._row, text)
+            out.append({"score": s, "comment": c, "output": text})
+    return out
+
+
+def dspy_knobs(ctx: Ctx) -> dict[str, Any]:
+    """Each DSPy optimizer's own budget knobs, chosen so its expected calls fit the cap."""
+    a, n_train, n_val = ctx.args, len(ctx.splits["train"]), len(ctx.splits["val"])
+    b = a.budget
+    # COPRO: depth x breadth candidates, each scored on the whole trainset, + 1 proposal
+    # call per depth (n=breadth-1 completions in one request).
+    copro_train = max(2, min(n_train, (b - 2) // 4))  # breadth 2, depth 2 -> 4 evaluations
+    # MIPROv2 zero-shot, no minibatching: ~1-2 program-description calls + one proposal
+    # call per candidate (two when DSPy's JSON fallback is needed), 1 full val eval of
+    # the baseline, then 1 full val eval per trial.
+    n_cand = 3
+    trials = max(1, (b - 4 - 2 * n_cand - n_val) // n_val)
+    # GEPA: max_metric_calls counts program runs; each iteration adds one reflection call
+    # (about one per 2 x reflection_minibatch_size metric calls), two when the reply
+    # needs DSPy's JSON fallback; keep a third of the budget for them.
+    gepa_metric_calls = max(n_val + 6, int((b - 2) * 2 / 3))
+    return {"copro": {"breadth": 2, "depth": 2, "trainset_size": copro_train,
+                      "init_temperature": 1.0},
+            "miprov2": {"num_candidates": n_cand, "num_trials": trials, "minibatch": False,
+                        "data_aware_proposer": False, "program_aware_proposer": False,
+                        "max_bootstrapped_demos": 0, "max_labeled_demos": 0},
+            "gepa": {"max_metric_calls": gepa_metric_calls, "reflection_minibatch_size": 3,
+                     "use_merge": False, "candidate_selection_strategy": "pareto"}}
+
+
+def run_dspy(ctx: Ctx, which: str) -> dict[str, Any]:
+    import logging
+
+    import dspy
+
+    for name in ("dspy", "optuna", "LiteLLM", "litellm", "gepa"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    task_lm, prompt_lm = _dspy_lms(ctx)
+    dspy.configure(lm=task_lm)
+    knobs = dspy_knobs(ctx)
+    student = _dspy_program(ctx.task)
+    train = _dspy_examples(ctx.task, ctx.splits["train"])
+    val = _dspy_examples(ctx.task, ctx.splits["val"])
+    program = student
+    if which == "initial_dspy":
+        pass
+    elif which == "copro":
+        k = knobs["copro"]
+        tp = dspy.COPRO(prompt_model=prompt_lm, metric=_dspy_metric(ctx.task, False),
+                        breadth=k["breadth"], depth=k["depth"],
+                        init_temperature=k["init_temperature"])
+        program = tp.compile(student, trainset=train[:k["trainset_size"]],
+                             eval_kwargs={"num_threads": 1, "display_progress": False,
+                                          "display_table": 0})
+    elif which == "miprov2":
+        k = knobs["miprov2"]
+        tp = dspy.MIPROv2(metric=_dspy_metric(ctx.task, False), prompt_model=prompt_lm,
+                          task_model=task_lm, max_bootstrapped_demos=0, max_labeled_demos=0,
+                          auto=None, num_candidates=k["num_candidates"], num_threads=1,
+                          seed=ctx.args.seed, verbose=False)
+        program = tp.compile(student, trainset=train, valset=val,
+                             num_trials=k["num_trials"], minibatch=False,
+                             data_aware_proposer=k["data_aware_proposer"],
+                             program_aware_proposer=k["program_aware_proposer"])
+    elif which == "gepa":
+        k = knobs["gepa"]
+        tp = dspy.GEPA(metric=_dspy_metric(ctx.task, True),
+                       max_metric_calls=k["max_metric_calls"], reflection_lm=prompt_lm,
+                       reflection_minibatch_size=k["reflection_minibatch_size"],
+                       use_merge=False, num_threads=1, seed=ctx.args.seed,
+                       candidate_selection_strategy=k["candidate_selection_strategy"])
+        program = tp.compile(student, trainset=train, valset=val)
+    else:
+        raise ValueError(which)
+    ctx.extra["program"], ctx.extra["task_lm"] = program, task_lm
+    return {"final_prompt": _dspy_instructions(program),
+            "opt": {"knobs": knobs.get(which)}}
+
+
+RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
+    "initial": run_initial,
+    "gradsum": run_gradsum,
+    "gradsum_nosum": lambda ctx: run_gradsum(ctx, summarize=False),
+    "copro": lambda ctx: run_dspy(ctx, "copro"),
+    "miprov2": lambda ctx: run_dspy(ctx, "miprov2"),
+    "gepa": lambda ctx: run_dspy(ctx, "gepa"),
+    "initial_dspy": lambda ctx: run_dspy(ctx, "initial_dspy"),
+}
+
+
+def run_one(ctx: Ctx, name: str) -> dict[str, Any]:
+    meter, a = ctx.meter, ctx.args
+    ctx.extra.clear()
+    meter.reset(limit=None if name in ("initial", "initial_dspy") else a.budget)
+    t0 = time.monotonic()
+    error = None
+    try:
+        got = RUNNERS[name](ctx)
+    except Exception as e:  # keep going: record the failure, test the starting prompt
+        error = f"{type(e).__name__}: {e}"
+        ctx.log("    optimization failed: " + error)
+        traceback.print_exc()
+        got = {"final_prompt": None, "opt": None}
+    opt_time = time.monotonic() - t0
+    opt_meter = meter.snapshot()
+    meter.reset(limit=None)
+    t1 = time.monotonic()
+    if name in ("copro", "miprov2", "gepa", "initial_dspy"):
+        if "program" not in ctx.extra:  # failed: test the unoptimized DSPy program
+            ctx.extra["program"] = _dspy_program(ctx.task)
+            ctx.extra["task_lm"] = _dspy_lms(ctx)[0]
+            got["final_prompt"] = ctx.task.instruction
+        rows = test_dspy(ctx, ctx.extra["program"], ctx.extra["task_lm"])
+    else:
+        got["final_prompt"] = got["final_prompt"] or ctx.task.template
+        rows = test_template(ctx, got["final_prompt"])
+    test_time = time.monotonic() - t1
+    test_meter = meter.snapshot()
+    k = sum(r["score"] for r in rows)
+    lo, hi = wilson(k, len(rows))
+    return {
+        "task": ctx.task.name, "optimizer": name,
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": a.model_label, "machine": machine(),
+        "metric": ctx.task.metric.__name__,
+        "sizes": {k2: len(v) for k2, v in ctx.splits.items()},
+        "settings": {k2: v for k2, v in vars(a).items() if k2 not in ("func",)
+                     and not isinstance(v, Path)},
+        "test_score": k / len(rows), "test_correct": k, "test_n": len(rows),
+        "ci95_wilson": [round(lo, 3), round(hi, 3)],
+        "optimization": {**opt_meter, "wall_s": round(opt_time, 1),
+                         "budget": None if name in ("initial", "initial_dspy") else a.budget},
+        "test": {**test_meter, "wall_s": round(test_time, 1)},
+        "total_calls": opt_meter["calls"] + test_meter["calls"],
+        "total_tokens": opt_meter["tokens"] + test_meter["tokens"],
+        "wall_s": round(opt_time + test_time, 1),
+        "error": error,
+        "final_prompt": got["final_prompt"],
+        "details": got["opt"],
+        "test_rows": rows,
+    }
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores, no GPU, {platform.machine()}, Python {platform.python_version()}"
+
+
+@contextlib.contextmanager
+def model_server(base_url: str | None) -> Iterator[str]:
+    from langchain_gradsum.local_llm import BASE_URL_ENV, running_local_llm
+
+    url = base_url or os.environ.get(BASE_URL_ENV)
+    if url:
+        yield url
+        return
+    with running_local_llm() as url:
+        yield url
+
+
+# --------------------------------------------------------------------------- table
+
+
+def table(results_dir: Path = RESULTS) -> str:
+    runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(results_dir.glob("*.json"))]
+    order = {n: i for i, n in enumerate(OPTIMIZERS)}
+    runs.sort(key=lambda r: (r["task"], order.get(r["optimizer"], 99)))
+    lines = ["| task | optimizer | test score | 95% CI (Wilson) | opt calls / budget | "
+             "test calls | tokens | opt wall s | total wall s | date |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        o = r["optimization"]
+        budget = f"{o['calls']} / {o['budget']}" if o.get("budget") else "0"
+        if o.get("refused_over_budget"):
+            budget += f" (+{o['refused_over_budget']} refused)"
+        err = " (failed, see JSON)" if r.get("error") else ""
+        lines.append(
+            f"| {r['task']} | {r['optimizer']}{err} | {r['test_correct']:g}/{r['test_n']} = "
+            f"{r['test_score']:.2f} | {r['ci95_wilson'][0]:.2f}-{r['ci95_wilson'][1]:.2f} | "
+            f"{budget} | {r['test']['calls']} | {r['total_tokens']} | {o['wall_s']:.0f} | "
+            f"{r['wall_s']:.0f} | {r['date_utc'][:10]} |")
+    return "\n".join(lines)
+
+
+def prompts_md(results_dir: Path = RESULTS) -> str:
+    out = []
+    for p in sorted(results_dir.glob("*.json")):
+        r = json.loads(p.read_text(encoding="utf-8"))
+        if r["optimizer"] in ("initial", "initial_dspy"):
+            continue
+        fp = (r.get("final_prompt") or "").strip().replace("```", "'''")
+        out.append(f"**{r['task']} / {r['optimizer']}** ({r['test_score']:.2f}):\n\n"
+                   f"```\n{fp[:1200]}\n```\n")
+    return "\n".join(out)
+
+
+def update_readme() -> None:
+    text = README.read_text(encoding="utf-8")
+    block = (f"{TABLE_BEGIN}\n{table()}\n\n<details><summary>Final prompts / instructions"
+             f"</summary>\n\n{prompts_md()}\n</details>\n{TABLE_END}")
+    if TABLE_BEGIN in text:
+        head, rest = text.split(TABLE_BEGIN, 1)
+        text = head + block + rest.split(TABLE_END, 1)[1]
+    else:
+        text += "\n" + block + "\n"
+    README.write_text(text, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["table"]:
+        update_readme()
+        print(table())
+        return 0
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["svamp"], choices=sorted(TASKS))
+    p.add_argument("--optimizers", nargs="+", default=OPTIMIZERS, choices=OPTIMIZERS)
+    p.add_argument("--train", type=int, default=8)
+    p.add_argument("--val", type=int, default=4)
+    p.add_argument("--test", type=int, default=12)
+    p.add_argument("--budget", type=int, default=36,
+                   help="cap on LLM calls of each optimizer's optimization phase")
+    p.add_argument("--beam-width", type=int, default=2)
+    p.add_argument("--candidates", type=int, default=2)
+    p.add_argument("--iterations", type=int, default=1)
+    p.add_argument("--minibatch", type=int, default=4)
+    p.add_argument("--max-gradients", type=int, default=2)
+    p.add_argument("--optimizer-max-tokens", type=int, default=350)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-url", default=None, help="model server (default: env or start one)")
+    p.add_argument("--model-label", default="Qwen2.5-Coder-1.5B-Instruct Q4_K_M (llama.cpp)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument("--no-readme", action="store_true", help="don't update README's table")
+    a = p.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(time.strftime("%H:%M:%S ") + msg, flush=True)
+
+    a.results_dir.mkdir(parents=True, exist_ok=True)
+    with model_server(a.base_url) as url:
+        meter = CallMeter(url)
+        try:
+            for tname in a.tasks:
+                task = TASKS[tname]
+                splits = split_rows(load_rows(a.data_dir, task), task, a.seed,
+                                    a.train, a.val, a.test)
+                for opt in a.optimizers:
+                    log(f"{tname} / {opt}: start")
+                    res = run_one(Ctx(task, splits, meter, a, log), opt)
+                    path = a.results_dir / f"{tname}__{opt}.json"
+                    path.write_text(json.dumps(res, indent=2, ensure_ascii=False,
+                                               default=str), encoding="utf-8")
+                    log(f"{tname} / {opt}: test {res['test_correct']:g}/{res['test_n']} "
+                        f"opt calls {res['optimization']['calls']} "
+                        f"(refused {res['optimization']['refused_over_budget']}) "
+                        f"test calls {res['test']['calls']} wall {res['wall_s']:.0f}s "
+                        f"-> {path}")
+                    if not a.no_readme and a.results_dir == RESULTS:
+                        update_readme()
+        finally:
+            meter.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
