@@ -58,7 +58,7 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
 	  echo "installing chromium (apt-get) for the report's browser test"; \
 	  ( $$SUDO apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium ) || \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium ) || \
 	  echo "could not install chromium: the report's browser test will be skipped"; \
 	fi
 
