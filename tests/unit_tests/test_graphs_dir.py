@@ -1,0 +1,74 @@
+"""graphs/: the `langgraph dev` entry point and the committed drawing of the graph."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from langgraph.graph.state import CompiledStateGraph
+
+from langchain_gradsum import GradSumContext
+from langchain_gradsum.testing import ScriptedChatModel
+
+GRAPHS = Path(__file__).resolve().parents[2] / "graphs"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_graphs_{name}", GRAPHS / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_langgraph_json_points_at_the_graph() -> None:
+    config = json.loads((GRAPHS / "langgraph.json").read_text(encoding="utf-8"))
+    assert config["dependencies"] == [".."]
+    assert (GRAPHS / ".." / "pyproject.toml").is_file()
+    for ref in config["graphs"].values():
+        path, _, attr = ref.partition(":")
+        module_path = (GRAPHS / path).resolve()
+        assert module_path.is_file() and module_path.parent == GRAPHS
+        module = _load(module_path.stem)
+        assert isinstance(getattr(module, attr), CompiledStateGraph)
+
+
+def test_graph_module_exposes_a_runnable_graph() -> None:
+    graph = _load("gradsum_graph").graph
+    assert graph.checkpointer is None  # the LangGraph server brings its own
+    assert set(graph.get_graph().nodes) >= {"generate", "evaluate", "gradient", "summarize",
+                                            "edit", "finalize"}
+
+    def respond(text: str, role: str) -> object:
+        if role == "judge":
+            return {"reasoning": "ok", "score": 1.0}
+        return "4"
+
+    # What Studio would send: JSON input, and a context with a model and criteria.
+    out = graph.invoke(
+        {"prompt": "Answer: {question}",
+         "train": [{"inputs": {"question": "2+2"}, "outputs": {"answer": "4"}}]},
+        context=GradSumContext(model=ScriptedChatModel(respond=respond), criteria="correct",
+                               max_iterations=1, minibatch_size=1, retry_backoff=0),
+    )
+    assert out["best_id"] == "c0" and out["stop_reason"]
+
+
+def test_committed_drawing_matches_the_code() -> None:
+    draw = _load("draw")
+    committed = (GRAPHS / "gradsum_graph.mmd").read_text(encoding="utf-8")
+    assert committed == draw.render(), "graphs/gradsum_graph.mmd is stale: run " \
+                                       "`python graphs/draw.py`"
+    for edge in ("generate --> evaluate", "gradient --> summarize", "summarize --> edit",
+                 "edit --> generate", "finalize --> __end__"):
+        assert edge in committed
+
+
+def test_draw_check_cli() -> None:
+    proc = subprocess.run([sys.executable, str(GRAPHS / "draw.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
