@@ -316,7 +316,7 @@ def _summary(run: _Run) -> str:
 
 def _score_chart(run: _Run) -> str:
     W, H = 860, 320
-    left, right, top, bottom = 44, 70, 16, 44
+    left, right, top, bottom = 44, 84, 16, 44
     finals = [(cid, float(run.cands[cid]["val_score"])) for cid in run.ids
               if isinstance(run.cands[cid].get("val_score"), int | float)]
     n_cols = run.last_iter + 1 + (1 if finals else 0)
@@ -377,14 +377,17 @@ def _score_chart(run: _Run) -> str:
             parts.append(f"<circle cx=\"{x(it)}\" cy=\"{y(s)}\" r=\"4\"><title>"
                          f"{_e(cid)} · iteration {it} · {s:.3f}</title></circle>")
         parts.append("</g>")
-    for cid, s in finals:
+    # Final scores, labels pushed apart so equal scores stay readable (best first).
+    label_y = float("-inf")
+    for cid, s in sorted(finals, key=lambda f: (-f[1], f[0] != run.best_id, _num(f[0]))):
         cls = "final best" if cid == run.best_id else "final"
         fx, fy = x(n_cols - 1), y(s)
+        label_y = max(fy + 4, label_y + 14)
         colour = _LINEAGE if cid in lineage else _colour(run.index[cid])
         parts.append(f"<g class=\"{cls}\" data-cid=\"{_e(cid)}\" style=\"--c:{colour}\">"
                      f"<path d=\"M{fx} {fy - 6}L{fx + 6} {fy}L{fx} {fy + 6}L{fx - 6} {fy}Z\">"
                      f"<title>{_e(cid)} · {_e(run.d.get('split') or '')} {s:.3f}</title></path>"
-                     f"<text x=\"{fx + 10}\" y=\"{fy + 4}\">{_e(cid)} {s:.2f}</text></g>")
+                     f"<text x=\"{fx + 10}\" y=\"{label_y}\">{_e(cid)} {s:.2f}</text></g>")
     parts.append("</svg>")
     return ("<p class=\"hint\">Every dot is one candidate's mean minibatch score in one "
             "iteration (a fresh minibatch each iteration); the wide grey band is the beam's best. "
