@@ -77,7 +77,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          "Answer the question: {question}",
          "Answer the question.",
          "Solve grade-school math word problems. The reply must end with the final number.",
-         numeric_match, 256),
+         numeric_match, 200),
     Task("gsm8k", "gsm8k", ("question",),
          "Answer the question: {question}",
          "Answer the question.",
@@ -88,7 +88,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          "Answer this multiple-choice question.",
          "Answer multiple-choice exam questions (57 subjects). The reply must name the "
          "letter (A-D) of the correct option.",
-         choice_match, 200),
+         choice_match, 150),
     Task("hellaswag", "hellaswag", ("context", "choices"),
          "Choose the most likely continuation.\n\n{context}\n\n{choices}",
          "Choose the most likely continuation.",
@@ -515,7 +515,7 @@ def run_one(ctx: Ctx, name: str) -> dict[str, Any]:
     return {
         "task": ctx.task.name, "optimizer": name,
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": a.model_label, "machine": machine(),
+        "model": a.model_label, "machine": machine(), "git": git_state(),
         "metric": ctx.task.metric.__name__,
         "sizes": {k2: len(v) for k2, v in ctx.splits.items()},
         "settings": {k2: v for k2, v in vars(a).items() if k2 not in ("func",)
@@ -533,6 +533,22 @@ def run_one(ctx: Ctx, name: str) -> dict[str, Any]:
         "details": got["opt"],
         "test_rows": rows,
     }
+
+
+def git_state() -> dict[str, Any]:
+    """Commit of the checkout, and whether the package sources differ from it (the
+    package is installed editable: uncommitted edits are what ran)."""
+    import subprocess
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=HERE.parent, capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+        except Exception:
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD"),
+            "package_dirty": bool(git("status", "--porcelain", "langchain_gradsum"))}
 
 
 def machine() -> str:
@@ -612,15 +628,15 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["svamp"], choices=sorted(TASKS))
     p.add_argument("--optimizers", nargs="+", default=OPTIMIZERS, choices=OPTIMIZERS)
-    p.add_argument("--train", type=int, default=8)
-    p.add_argument("--val", type=int, default=4)
-    p.add_argument("--test", type=int, default=12)
-    p.add_argument("--budget", type=int, default=36,
+    p.add_argument("--train", type=int, default=6)
+    p.add_argument("--val", type=int, default=3)
+    p.add_argument("--test", type=int, default=10)
+    p.add_argument("--budget", type=int, default=26,
                    help="cap on LLM calls of each optimizer's optimization phase")
     p.add_argument("--beam-width", type=int, default=2)
     p.add_argument("--candidates", type=int, default=2)
     p.add_argument("--iterations", type=int, default=1)
-    p.add_argument("--minibatch", type=int, default=4)
+    p.add_argument("--minibatch", type=int, default=3)
     p.add_argument("--max-gradients", type=int, default=2)
     p.add_argument("--optimizer-max-tokens", type=int, default=350)
     p.add_argument("--seed", type=int, default=0)
