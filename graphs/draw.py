@@ -1,19 +1,22 @@
-"""Draw the GRAD-SUM graph as Mermaid from the code, into ``gradsum_graph.mmd``.
+"""Draw the GRAD-SUM graph as Mermaid from the code.
 
-    python graphs/draw.py            # rewrite graphs/gradsum_graph.mmd
-    python graphs/draw.py --check    # exit 1 if the committed drawing is stale
+    python graphs/draw.py            # rewrite gradsum_graph.mmd and the drawing in README.md
+    python graphs/draw.py --check    # exit 1 if either committed drawing is stale
 
-The drawing is generated, never edited by hand; a unit test keeps it current.
+The drawings are generated, never edited by hand; a unit test keeps them current.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MMD = HERE / "gradsum_graph.mmd"
+README = HERE / "README.md"
+_BLOCK = re.compile(r"(```mermaid\n)(.*?)(```)", re.S)
 
 
 def render() -> str:
@@ -27,21 +30,32 @@ def render() -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
+def readme_with(drawing: str, readme: str) -> str:
+    """`readme` with its (first) mermaid block replaced by `drawing`."""
+    if not _BLOCK.search(readme):
+        return readme.rstrip("\n") + f"\n\n```mermaid\n{drawing}```\n"
+    return _BLOCK.sub(lambda m: m.group(1) + drawing + m.group(3), readme, count=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
-                        help="compare with the committed drawing instead of writing it")
+                        help="compare with the committed drawings instead of writing them")
     args = parser.parse_args(argv)
-    text = render()
+    drawing = render()
+    readme = README.read_text(encoding="utf-8") if README.is_file() else "# graphs/\n"
+    wanted = {MMD: drawing, README: readme_with(drawing, readme)}
     if args.check:
-        current = MMD.read_text(encoding="utf-8") if MMD.is_file() else ""
-        if current != text:
-            print(f"{MMD} is stale: run `python graphs/draw.py`", file=sys.stderr)
-            return 1
-        print(f"{MMD} is up to date")
-        return 0
-    MMD.write_text(text, encoding="utf-8")
-    print(f"wrote {MMD}")
+        stale = [p for p, text in wanted.items()
+                 if not p.is_file() or p.read_text(encoding="utf-8") != text]
+        for path in stale:
+            print(f"{path} is stale: run `python graphs/draw.py`", file=sys.stderr)
+        if not stale:
+            print("the drawings are up to date")
+        return 1 if stale else 0
+    for path, text in wanted.items():
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
     return 0
 
 

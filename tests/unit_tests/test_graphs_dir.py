@@ -66,6 +66,9 @@ def test_committed_drawing_matches_the_code() -> None:
     for edge in ("generate --> evaluate", "gradient --> summarize", "summarize --> edit",
                  "edit --> generate", "finalize --> __end__"):
         assert edge in committed
+    readme = (GRAPHS / "README.md").read_text(encoding="utf-8")
+    assert f"```mermaid\n{committed}```" in readme, "graphs/README.md's drawing is stale"
+    assert draw.readme_with(committed, readme) == readme
 
 
 def test_draw_check_cli() -> None:
