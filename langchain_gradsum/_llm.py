@@ -23,6 +23,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from langchain_gradsum._cache import CallCache
 from langchain_gradsum.state import RoleUsage
 
 __all__ = ["BudgetExhausted", "CallBudget", "LLMCaller", "is_transient", "resolve_model"]
@@ -118,6 +119,9 @@ class LLMCaller:
         max_retries: Retries of a transient failure, with exponential backoff.
         max_parse_retries: Re-asks when structured output does not parse.
         backoff: Initial backoff in seconds (tests set 0).
+        max_concurrency: Calls in flight at once in `map`.
+        cache: Finished calls are answered from here, costing no budget.
+        paid: Cache keys the run's state has already counted as calls.
     """
 
     def __init__(
@@ -129,8 +133,15 @@ class LLMCaller:
         max_parse_retries: int = 1,
         backoff: float = 1.0,
         max_concurrency: int | None = None,
+        cache: CallCache | None = None,
+        paid: Iterable[str] = (),
     ) -> None:
         self.budget = budget
+        self.cache = cache
+        self.paid = set(paid)
+        """Cache keys of calls already counted in the run's usage."""
+        self.paid_now: list[str] = []
+        """Cache keys of calls this caller counted (goes into the state)."""
         self.config = config or {}
         if max_concurrency is not None:
             self.config = {**self.config, "max_concurrency": max_concurrency}
@@ -196,6 +207,9 @@ class LLMCaller:
         **metadata: Any,
     ) -> str:
         """One call returning the reply's text."""
+        key = self.cache.key(model, messages, "text") if self.cache is not None else None
+        if key is not None and (hit := self._cached(role, key)) is not None:
+            return str(hit["text"])
         config = self._config(role, metadata)
 
         def call() -> AIMessage:
@@ -204,7 +218,46 @@ class LLMCaller:
             return msg  # type: ignore[return-value]
 
         reply = self._attempt(role, call)
-        return _text_of(reply)
+        text = _text_of(reply)
+        if key is not None:
+            self.cache.put(key, {"text": text, "usage": _tokens(reply)})  # type: ignore[union-attr]
+            self._paid(key)
+        return text
+
+    def _cached(self, role: str, key: str) -> dict[str, Any] | None:
+        """A cached reply, if any.
+
+        A reply this run paid for whose call is not in the state's usage (the
+        process died before its node finished) is counted now, in usage and
+        budget, so a resumed run accounts exactly like an uninterrupted one.
+        """
+        assert self.cache is not None
+        hit = self.cache.get(key)
+        if hit is None:
+            return None
+        with self._lock:
+            unaccounted = (self.cache.run_id is not None and hit.get("run") == self.cache.run_id
+                           and key not in self.paid)
+            if unaccounted:
+                self.paid.add(key)
+        if unaccounted:
+            self.budget.take()
+            with self._lock:
+                self.paid_now.append(key)
+                u = self._usage(role)
+                u["calls"] += 1
+                u["input_tokens"] += hit.get("usage", [0, 0])[0]
+                u["output_tokens"] += hit.get("usage", [0, 0])[1]
+            self.count("resumed_calls")
+        else:
+            self.count("cache_hits")
+        return hit
+
+    def _paid(self, key: str | None) -> None:
+        if key is not None:
+            with self._lock:
+                self.paid.add(key)
+                self.paid_now.append(key)
 
     def structured(
         self,
@@ -215,6 +268,10 @@ class LLMCaller:
         **metadata: Any,
     ) -> BaseModel | None:
         """One structured-output call; re-asked on malformed output, else `None`."""
+        kind = f"structured:{schema.__module__}.{schema.__qualname__}"
+        key = self.cache.key(model, messages, kind) if self.cache is not None else None
+        if key is not None and (hit := self._cached(role, key)) is not None:
+            return schema.model_validate(hit["parsed"])
         config = self._config(role, metadata)
         bound = _structured(model, schema)
         for _ in range(self.max_parse_retries + 1):
@@ -227,6 +284,10 @@ class LLMCaller:
             out = self._attempt(role, call)
             parsed = out.get("parsed")
             if isinstance(parsed, schema) and out.get("parsing_error") is None:
+                if key is not None:
+                    self.cache.put(key, {"parsed": parsed.model_dump(),  # type: ignore[union-attr]
+                                         "usage": _tokens(out.get("raw"))})
+                    self._paid(key)
                 return parsed
             self.count(f"{role}_parse_failures")
         return None
@@ -256,6 +317,11 @@ def _structured(model: BaseChatModel, schema: type[BaseModel]) -> Any:
         return model.with_structured_output(schema, method="function_calling", include_raw=True)
     except (TypeError, ValueError, NotImplementedError):
         return model.with_structured_output(schema, include_raw=True)
+
+
+def _tokens(message: Any) -> list[int]:
+    meta = getattr(message, "usage_metadata", None) or {}
+    return [int(meta.get("input_tokens", 0) or 0), int(meta.get("output_tokens", 0) or 0)]
 
 
 def _text_of(message: Any) -> str:

@@ -103,9 +103,9 @@ def gradient(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
     this node commits it to the state.
     """
     update: dict[str, Any] = {"beam": state["beam"]}
-    if state.get("stop_reason"):
-        return update
     ctx = runtime.context
+    if reason := _halted(state, ctx):
+        return {**update, "stop_reason": reason}
     it = state["iteration"]
     records = state["records"]
     jobs: list[tuple[str, int]] = []
@@ -153,7 +153,9 @@ def gradient(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
 def summarize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
     """Merge each candidate's gradients into one general paragraph (GRAD-SUM's addition)."""
     ctx = runtime.context
-    if state.get("stop_reason") or not ctx.summarize:
+    if reason := _halted(state, ctx):
+        return {"stop_reason": reason}
+    if not ctx.summarize:
         return {}
     it = str(state["iteration"])
     todo = [cid for cid in state["beam"] if state["candidates"][cid]["gradients"].get(it)]
@@ -187,9 +189,9 @@ def edit(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str,
     With ``summarize=False`` (the paper's ablation) each new prompt comes from
     a single gradient instead. Every new prompt passes the variable guard.
     """
-    if state.get("stop_reason"):
-        return {}
     ctx = runtime.context
+    if reason := _halted(state, ctx):
+        return {"stop_reason": reason}
     it = state["iteration"]
     key = str(it)
     jobs: list[tuple[str, int, str]] = []  # (parent, variant, feedback)
@@ -273,16 +275,25 @@ def finalize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
                            "stop_reason": state.get("stop_reason")})
     caller = _caller(state, runtime, config, phase="final")
     records = dict(state.get("records", {}))
-    order = ["c0"] + [c for c in finalists if c != "c0"]  # spend on the initial prompt first
-    jobs = [(cid, split, i) for cid in order for i in range(len(rows))
-            if record_key(cid, split, i) not in records]
-    generated, stop1 = _run_task(caller, ctx, state, jobs, iteration=state.get("iteration", 0))
-    records.update(generated)
-    jobs = [(cid, split, i) for cid in order for i in range(len(rows))
-            if "score" not in records.get(record_key(cid, split, i), {"score": None})]
-    scored, stop2 = _score(caller, ctx, {**state, "records": records}, jobs,
+    # Spend on the initial prompt first: it is generated *and scored* before the others
+    # start, so a reserve that retries ate into still validates it.
+    generated: dict[str, Record] = {}
+    scored: dict[str, Record] = {}
+    stop1 = stop2 = None
+    for group in (["c0"], [c for c in finalists if c != "c0"]):
+        jobs = [(cid, split, i) for cid in group for i in range(len(rows))
+                if record_key(cid, split, i) not in records]
+        new, stop = _run_task(caller, ctx, state, jobs, iteration=state.get("iteration", 0))
+        records.update(new)
+        generated.update(new)
+        stop1 = stop1 or stop
+        jobs = [(cid, split, i) for cid in group for i in range(len(rows))
+                if "score" not in records.get(record_key(cid, split, i), {"score": None})]
+        new, stop = _score(caller, ctx, {**state, "records": records}, jobs,
                            iteration=state.get("iteration", 0))
-    records.update(scored)
+        records.update(new)
+        scored.update(new)
+        stop2 = stop2 or stop
     candidates: dict[str, Candidate] = {}
     best_id, best = "c0", -1.0
     for cid in finalists:
@@ -323,6 +334,11 @@ def extract_prompt(reply: str) -> str:
     return (fenced.group(1) if fenced else text).strip()
 
 
+def _halted(state: GradSumState, ctx: GradSumContext) -> str | None:
+    """A stop already decided, or a graceful stop asked for (Ctrl-C, stop file)."""
+    return state.get("stop_reason") or (ctx.should_stop() if ctx.should_stop else None)
+
+
 def _normalize(text: str) -> str:
     return " ".join(text.split())
 
@@ -356,11 +372,14 @@ def _caller(state: GradSumState, runtime: Ctx, config: RunnableConfig, *, phase:
     return LLMCaller(CallBudget(limit), config, max_retries=ctx.max_retries,
                      max_parse_retries=ctx.max_parse_retries,
                      max_concurrency=ctx.max_concurrency,
-                     backoff=ctx.retry_backoff)
+                     backoff=ctx.retry_backoff, cache=ctx.cache,
+                     paid=state.get("paid", ()) if ctx.cache is not None else ())
 
 
 def _result(caller: LLMCaller, stop: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"usage": caller.usage, "counters": caller.counters}
+    if caller.paid_now:
+        out["paid"] = caller.paid_now
     if stop:
         out["stop_reason"] = stop
     return out

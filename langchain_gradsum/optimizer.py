@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import signal
+import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.sqlite import SqliteSaver
 
+from langchain_gradsum._cache import CallCache
 from langchain_gradsum._llm import resolve_model
 from langchain_gradsum._templates import PromptSlot
 from langchain_gradsum.beam import calls_needed_for_one_iteration
@@ -228,6 +236,10 @@ class GradSumOptimizer:
         train: DataLike,
         val: DataLike | None = None,
         *,
+        checkpoint: str | Path | BaseCheckpointSaver | None = None,
+        thread_id: str | None = None,
+        cache: str | Path | CallCache | None = None,
+        stop_file: str | Path | None = None,
         on_event: Callable[[Event], None] | None = None,
         config: RunnableConfig | None = None,
     ) -> OptimizationResult:
@@ -238,26 +250,41 @@ class GradSumOptimizer:
             train: Rows ``{"inputs": {...}, "outputs": {...}}``, langsmith Examples or a
                 JSONL path.
             val: Validation rows, same forms.
+            checkpoint: Persist the run: a SQLite file path (or any LangGraph
+                checkpointer). Running the same call again resumes an interrupted run
+                (or returns a finished one) without repeating finished LLM calls.
+            thread_id: The run's id in the checkpointer. Default: a hash of the prompt,
+                data and settings, so the same call finds its own run.
+            cache: Answer identical LLM calls from a SQLite file (or `CallCache`). With a
+                checkpoint path and no cache, the cache lives in the checkpoint file.
+            stop_file: If this file appears, the run stops at the next safe point and
+                validates what it has (like Ctrl-C).
             on_event: Called with each progress event (iteration, scored, candidate, best).
             config: Extra runnable config (callbacks, tags, metadata) for the run.
+
+        The first Ctrl-C stops at the next safe point and returns the validated best
+        prompt so far; a second one stops at once and returns the best minibatch
+        candidate (``stop_reason="interrupted"``).
 
         Raises:
             ValueError / TypeError: bad input, before any LLM call.
             OptimizationError: the run failed; ``.partial_result`` has what was done.
         """
-        graph, inputs, ctx, run_config = self._prepare(prompt, train, val, config)
-        start = time.monotonic()
-        last: dict[str, Any] = dict(inputs)
+        run = self._prepare(prompt, train, val, config, checkpoint, thread_id, cache, stop_file)
+        last = run.initial_state()
         try:
-            for mode, chunk in graph.stream(inputs, run_config, context=ctx,
-                                            stream_mode=["values", "custom"]):
-                last = self._on_chunk(mode, chunk, last, on_event)
+            with _graceful_sigint(run.stop_event):
+                for mode, chunk in run.graph.stream(run.input, run.config, context=run.ctx,
+                                                    stream_mode=["values", "custom"]):
+                    last = self._on_chunk(mode, chunk, last, on_event)
         except KeyboardInterrupt:
-            return self._result(last, ctx, start, interrupted="interrupted")
+            return self._result(last, run.ctx, run.start, interrupted="interrupted")
         except Exception as e:
             raise OptimizationError(f"optimization failed: {type(e).__name__}: {e}",
-                                    self._partial(last, ctx, start)) from e
-        return self._result(last, ctx, start)
+                                    self._partial(last, run.ctx, run.start)) from e
+        finally:
+            run.close()
+        return self._result(last, run.ctx, run.start)
 
     async def aoptimize(
         self,
@@ -265,21 +292,32 @@ class GradSumOptimizer:
         train: DataLike,
         val: DataLike | None = None,
         *,
+        checkpoint: BaseCheckpointSaver | None = None,
+        thread_id: str | None = None,
+        cache: str | Path | CallCache | None = None,
+        stop_file: str | Path | None = None,
         on_event: Callable[[Event], None] | None = None,
         config: RunnableConfig | None = None,
     ) -> OptimizationResult:
-        """Async `optimize`."""
-        graph, inputs, ctx, run_config = self._prepare(prompt, train, val, config)
-        start = time.monotonic()
-        last: dict[str, Any] = dict(inputs)
+        """Async `optimize`. `checkpoint` must be a checkpointer instance with async
+        support (e.g. LangGraph's ``AsyncSqliteSaver`` or ``InMemorySaver``)."""
+        if isinstance(checkpoint, str | Path):
+            raise TypeError(
+                "aoptimize needs a checkpointer instance (e.g. AsyncSqliteSaver); a path "
+                "works with optimize()"
+            )
+        run = self._prepare(prompt, train, val, config, checkpoint, thread_id, cache, stop_file)
+        last = await run.ainitial_state()
         try:
-            async for mode, chunk in graph.astream(inputs, run_config, context=ctx,
-                                                   stream_mode=["values", "custom"]):
+            async for mode, chunk in run.graph.astream(run.input, run.config, context=run.ctx,
+                                                       stream_mode=["values", "custom"]):
                 last = self._on_chunk(mode, chunk, last, on_event)
         except Exception as e:
             raise OptimizationError(f"optimization failed: {type(e).__name__}: {e}",
-                                    self._partial(last, ctx, start)) from e
-        return self._result(last, ctx, start)
+                                    self._partial(last, run.ctx, run.start)) from e
+        finally:
+            run.close()
+        return self._result(last, run.ctx, run.start)
 
     # --- internals ---------------------------------------------------------------------
 
@@ -290,8 +328,16 @@ class GradSumOptimizer:
                               **self.settings)  # type: ignore[arg-type]
 
     def _prepare(
-        self, prompt: Any, train: DataLike, val: DataLike | None, config: RunnableConfig | None
-    ) -> tuple[Any, dict[str, Any], GradSumContext, RunnableConfig]:
+        self,
+        prompt: Any,
+        train: DataLike,
+        val: DataLike | None,
+        config: RunnableConfig | None,
+        checkpoint: str | Path | BaseCheckpointSaver | None = None,
+        thread_id: str | None = None,
+        cache: str | Path | CallCache | None = None,
+        stop_file: str | Path | None = None,
+    ) -> _Run:
         slot, text = PromptSlot.from_prompt(prompt)
         variables = slot.all_variables(text)
         if not variables:
@@ -317,20 +363,44 @@ class GradSumOptimizer:
                     "minibatch_size, candidates_per_prompt, beam_width or the validation size."
                 )
         inputs = {"prompt": text, "train": train_rows, "val": val_rows}
-        # No graph-level max_concurrency: LangGraph's streaming uses one of those
-        # slots itself (a limit of 1 deadlocks); LLMCaller bounds the calls instead.
+        run = _Run(ctx=ctx, input=inputs)
+        if thread_id is None:
+            thread_id = _run_fingerprint(inputs, self)
+        saver: BaseCheckpointSaver | None
+        if isinstance(checkpoint, str | Path):
+            conn = sqlite3.connect(str(checkpoint), check_same_thread=False)
+            run.closers.append(conn.close)
+            saver = SqliteSaver(conn)
+            if cache is None:
+                cache = Path(checkpoint)
+        else:
+            saver = checkpoint
+        if isinstance(cache, str | Path):
+            cache = CallCache(cache)
+            run.closers.append(cache.close)
+        if cache is not None and saver is not None:
+            cache.run_id = thread_id  # calls paid before a crash still count on resume
+        run.ctx.cache = cache
+        run.ctx.should_stop = _stop_signal(run.stop_event, stop_file)
+        run.graph = create_gradsum_graph(checkpointer=saver)
         run_config: RunnableConfig = {
             "run_name": "GradSum",
             "recursion_limit": 6 * (ctx.max_iterations + 2) + 10,
             "metadata": {"gradsum_beam_width": ctx.beam_width,
                          "gradsum_max_iterations": ctx.max_iterations},
         }
+        # No graph-level max_concurrency: LangGraph's streaming uses one of those
+        # slots itself (a limit of 1 deadlocks); LLMCaller bounds the calls instead.
         if config:
             run_config = {**config, **run_config,
                           "metadata": {**config.get("metadata", {}), **run_config["metadata"]}}
             if config.get("run_name"):
                 run_config["run_name"] = config["run_name"]
-        return create_gradsum_graph(), inputs, ctx, run_config
+        if saver is not None:
+            run_config["configurable"] = {**run_config.get("configurable", {}),
+                                          "thread_id": thread_id}
+        run.config = run_config
+        return run
 
     @staticmethod
     def _on_chunk(mode: str, chunk: Any, last: dict[str, Any],
@@ -386,6 +456,87 @@ class GradSumOptimizer:
             wall_time_s=round(time.monotonic() - start, 3),
             records=dict(state.get("records") or {}),
         )
+
+
+@dataclass
+class _Run:
+    """One prepared run: graph, input (or `None` to resume), context and config."""
+
+    ctx: GradSumContext
+    input: dict[str, Any] | None
+    graph: Any = None
+    config: RunnableConfig = field(default_factory=dict)  # type: ignore[assignment]
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+    start: float = field(default_factory=time.monotonic)
+
+    def _resume_from(self, snapshot: Any) -> dict[str, Any]:
+        saved = snapshot.values if snapshot is not None else None
+        if not saved:
+            return dict(self.input or {})
+        assert self.input is not None
+        if saved.get("prompt") != self.input["prompt"] or saved.get("train") != self.input[
+            "train"
+        ]:
+            raise ValueError(
+                f"thread_id {self.config['configurable']['thread_id']!r} holds a different "
+                "run (another prompt or data) in this checkpoint; pass another thread_id"
+            )
+        self.input = None  # resume where it stopped (a finished run just returns)
+        return dict(saved)
+
+    def initial_state(self) -> dict[str, Any]:
+        if "thread_id" not in self.config.get("configurable", {}):
+            return dict(self.input or {})
+        return self._resume_from(self.graph.get_state(self.config))
+
+    async def ainitial_state(self) -> dict[str, Any]:
+        if "thread_id" not in self.config.get("configurable", {}):
+            return dict(self.input or {})
+        return self._resume_from(await self.graph.aget_state(self.config))
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            close()
+
+
+def _run_fingerprint(inputs: dict[str, Any], optimizer: GradSumOptimizer) -> str:
+    """A stable id for (prompt, data, settings), so re-running a call resumes it."""
+    settings = {k: v for k, v in optimizer.settings.items() if k != "evaluators"}
+    settings["evaluators"] = [evaluator_name(f) for f in optimizer.settings["evaluators"]]
+    blob = json.dumps([inputs, settings], sort_keys=True, default=repr)
+    return "gradsum-" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _stop_signal(event: threading.Event, stop_file: str | Path | None) -> Callable[[], str | None]:
+    def should_stop() -> str | None:
+        if event.is_set():
+            return "interrupted"
+        if stop_file is not None and Path(stop_file).exists():
+            return "stop_file"
+        return None
+
+    return should_stop
+
+
+@contextlib.contextmanager
+def _graceful_sigint(event: threading.Event) -> Iterator[None]:
+    """First Ctrl-C: ask the run to stop at the next safe point. Second: stop now."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _calls(state: GradSumState | dict[str, Any]) -> int:

@@ -6,6 +6,7 @@ The context holds the settings and model objects; it is not checkpointed.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypedDict
@@ -129,6 +130,9 @@ class GradSumState(TypedDict, total=False):
     """Outputs and scores by `record_key`, so nothing is generated twice."""
     usage: Annotated[dict[str, RoleUsage], add_usage]
     counters: Annotated[dict[str, int], add_counts]
+    paid: Annotated[list[str], operator.add]
+    """Call-cache keys of the calls counted in `usage` (only with a call cache), so a
+    resumed run neither repeats nor miscounts the calls of an interrupted step."""
     stop_reason: str | None
     best_id: str | None
 
@@ -171,5 +175,7 @@ class GradSumContext:
     prompt_slot: Any = None
     """Where the optimized text sits in the user's prompt (see `_templates.PromptSlot`);
     `None` means a plain string template sent as one human message."""
+    cache: Any = None
+    """A `CallCache`: finished LLM calls are answered from it (resume, re-runs)."""
     should_stop: Callable[[], str | None] | None = None
     """Polled between steps; a returned reason ends the run gracefully."""
