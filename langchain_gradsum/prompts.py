@@ -102,23 +102,22 @@ example. Write only the paragraph."""
 EDIT_PROMPT = """\
 You are improving a prompt that instructs an AI assistant.
 
-<task>
-{task_description}
-</task>
+Task of the assistant: {task_description}
 
+Current prompt:
 <prompt>
 {prompt}
 </prompt>
 
-<feedback>
+Feedback on the current prompt:
 {feedback}
-</feedback>
 
-Write an improved version of the prompt that fixes the problems in the feedback.
-- Keep each of these placeholders exactly as written, once each: {variables}
-- Do not solve any example yourself; write instructions that work for every input.
+Write an improved prompt that fixes the problems in the feedback.
+- Address the assistant directly, as instructions ("Solve...", "Answer...").
+- Keep the placeholder {variables} where the input goes: it is replaced by each real input.
+- Give instructions that work for every input; do not solve an example yourself.
 {variant}
-Return only the new prompt, between <prompt> and </prompt> tags."""
+Reply with only the improved prompt, between <prompt> and </prompt>."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ _MARKERS = (
     ("judge", "You are grading the output"),
     ("gradient", "the assistant's output fell short"),
     ("summarize", "Merge the critiques"),
-    ("edit", "Write an improved version of the prompt"),
+    ("edit", "Write an improved prompt that fixes the problems"),
 )
 
 
