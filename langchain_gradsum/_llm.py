@@ -103,10 +103,14 @@ def resolve_model(model: str | BaseChatModel, what: str = "model") -> BaseChatMo
     try:
         return _init_model(model)
     except Exception as e:  # init_chat_model raises ValueError/ImportError/provider errors
+        lines = str(e).strip().splitlines()
+        reason = lines[0].rstrip(".") if lines else type(e).__name__
+        if "infer model provider" in reason:
+            reason = "no known provider in the name"
         raise ValueError(
-            f"{what}={model!r} could not be loaded: {e}. Use a 'provider:model' string "
-            "(e.g. 'openai:gpt-4o-mini', with that provider's package installed and its API "
-            "key set), 'local' for the embedded model, or pass a BaseChatModel instance."
+            f"{what}={model!r} could not be loaded ({reason}). Use a 'provider:model' string "
+            "such as 'openai:gpt-4o-mini' (with that provider's package installed and its API "
+            "key set), 'local' for the embedded model, or a BaseChatModel instance."
         ) from None
 
 
