@@ -1,0 +1,213 @@
+"""Pruning (`select_beam`), the `prune` edge, every stop condition, and budget arithmetic."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from langgraph.types import Send
+
+from langchain_gradsum.beam import (
+    calls_needed_for_one_iteration,
+    final_reserve,
+    iteration_cost,
+    iterations_without_improvement,
+    prune,
+    select_beam,
+    stop_reason,
+)
+from langchain_gradsum.nodes import new_candidate
+from gradsum_fakes import context, qa_rows, scripted
+
+
+def cand(cid: str, it: int, scores: dict[int, float]) -> dict[str, Any]:
+    c = new_candidate(cid, f"{cid} {{question}}", parent_id=None if cid == "c0" else "c0",
+                      iteration=it, summary=None)
+    c["scores"] = {str(k): v for k, v in scores.items()}
+    return c
+
+
+def state_of(cands: list[dict[str, Any]], iteration: int, beam: list[str] | None = None,
+             **extra: Any) -> dict[str, Any]:
+    return {"prompt": "{question}", "train": qa_rows(4), "val": [], "iteration": iteration,
+            "candidates": {c["id"]: c for c in cands},
+            "beam": beam if beam is not None else [c["id"] for c in cands], **extra}
+
+
+# --- select_beam ------------------------------------------------------------------------
+
+
+def test_select_beam_keeps_the_best_parents_and_children_by_minibatch_score() -> None:
+    state = state_of([
+        cand("c0", 0, {0: 0.2, 1: 0.5}),
+        cand("c1", 1, {1: 0.9}),
+        cand("c2", 1, {1: 0.1}),
+        cand("c3", 1, {1: 0.7}),
+        cand("c4", 1, {}),  # not scored this iteration (budget ran out)
+    ], iteration=1)
+    assert select_beam(state, 3) == ["c1", "c3", "c0"]
+    assert select_beam(state, 1) == ["c1"]
+    assert select_beam(state, 10) == ["c1", "c3", "c0", "c2"]
+
+
+def test_select_beam_uses_this_iterations_score_only() -> None:
+    # c0 was great on the last minibatch but is worse on this one
+    state = state_of([cand("c0", 0, {0: 1.0, 1: 0.3}), cand("c1", 1, {1: 0.4})], iteration=1)
+    assert select_beam(state, 1) == ["c1"]
+
+
+def test_select_beam_ignores_candidates_outside_the_beam() -> None:
+    state = state_of([cand("c0", 0, {1: 0.1}), cand("c1", 1, {1: 1.0}), cand("c2", 1, {1: 0.5})],
+                     iteration=1, beam=["c0", "c2"])
+    assert select_beam(state, 3) == ["c2", "c0"]
+
+
+def test_select_beam_ties_keep_the_older_then_the_lower_id_whatever_the_order() -> None:
+    cands = [cand("c0", 0, {2: 0.5}), cand("c3", 1, {2: 0.5}), cand("c10", 2, {2: 0.5}),
+             cand("c9", 2, {2: 0.5}), cand("c11", 2, {2: 0.5})]
+    expected = ["c0", "c3", "c9", "c10", "c11"]  # ids compare as numbers: c9 < c10
+    rng = random.Random(7)
+    for _ in range(20):
+        beam = [c["id"] for c in cands]
+        rng.shuffle(beam)
+        assert select_beam(state_of(cands, 2, beam=beam), 5) == expected
+    assert select_beam(state_of(cands, 2), 3) == expected[:3]
+
+
+# --- stop_reason ------------------------------------------------------------------------
+
+
+def ctx(**settings: Any) -> Any:
+    return context(scripted(), **settings)
+
+
+def running_state(**extra: Any) -> dict[str, Any]:
+    """Iteration 1 of 10; the best minibatch score went 0.5 -> 0.6."""
+    return state_of([cand("c0", 0, {0: 0.5, 1: 0.4}), cand("c1", 1, {1: 0.6})], iteration=1,
+                    **extra)
+
+
+def test_no_stop_condition_holds() -> None:
+    state = running_state()
+    assert stop_reason(state, ctx(max_iterations=10), select_beam(state, 3)) is None
+
+
+def test_stop_at_max_iterations() -> None:
+    state = running_state()
+    kept = select_beam(state, 3)
+    assert stop_reason(state, ctx(max_iterations=1), kept) == "max_iterations"
+    assert stop_reason(state, ctx(max_iterations=2), kept) is None
+    zero = state_of([cand("c0", 0, {0: 0.5})], iteration=0)
+    assert stop_reason(zero, ctx(max_iterations=0), ["c0"]) == "max_iterations"
+
+
+def test_stop_at_target_score() -> None:
+    state = running_state()
+    kept = select_beam(state, 3)
+    assert stop_reason(state, ctx(target_score=0.6), kept) == "target_score"
+    assert stop_reason(state, ctx(target_score=0.61), kept) is None
+
+
+def test_stop_when_patience_runs_out() -> None:
+    # best per iteration: 0.5, 0.7, 0.7, 0.6 -> two iterations without a new record
+    state = state_of([cand("c0", 0, {0: 0.5, 1: 0.7, 2: 0.2, 3: 0.1}),
+                      cand("c1", 2, {2: 0.7, 3: 0.6})], iteration=3)
+    assert iterations_without_improvement(state) == 2
+    kept = select_beam(state, 3)
+    assert stop_reason(state, ctx(patience=2), kept) == "patience"
+    assert stop_reason(state, ctx(patience=3), kept) is None
+
+
+def test_patience_resets_on_a_new_best() -> None:
+    state = state_of([cand("c0", 0, {0: 0.5, 1: 0.5, 2: 0.5, 3: 0.8})], iteration=3)
+    assert iterations_without_improvement(state) == 0
+    assert stop_reason(state, ctx(patience=1), ["c0"]) is None
+
+
+def test_stop_when_the_budget_cannot_pay_for_another_iteration() -> None:
+    settings = dict(max_llm_calls=1000, minibatch_size=2, beam_width=3, candidates_per_prompt=2)
+    state = running_state()
+    kept = select_beam(state, 3)  # 2 candidates
+    c = ctx(**settings)
+    need = iteration_cost(len(kept), 4, c) + final_reserve(state, c)
+    # iteration_cost: per parent 2 gradients + 1 summary + 2 edits + 3 prompts * 2 rows
+    assert iteration_cost(2, 4, c) == 2 * (2 + 1 + 2 + 3 * 2)
+    assert final_reserve(state, c) == 4 * 4  # (beam_width + 1) prompts x 4 train rows
+    spent_ok = {"generate": {"calls": 1000 - need, "input_tokens": 0, "output_tokens": 0}}
+    assert stop_reason({**state, "usage": spent_ok}, c, kept) is None
+    spent_over = {"generate": {"calls": 1000 - need + 1, "input_tokens": 0, "output_tokens": 0}}
+    assert stop_reason({**state, "usage": spent_over}, c, kept) == "budget"
+
+
+def test_should_stop_callback() -> None:
+    state = running_state()
+    kept = select_beam(state, 3)
+    polled: list[int] = []
+
+    def should_stop() -> str | None:
+        polled.append(1)
+        return "user_cancelled" if len(polled) > 1 else None
+
+    c = ctx(should_stop=should_stop)
+    assert stop_reason(state, c, kept) is None
+    assert stop_reason(state, c, kept) == "user_cancelled"
+    # the callback is asked before the other conditions
+    assert stop_reason(state, ctx(should_stop=lambda: "halt", max_iterations=1), kept) == "halt"
+
+
+def test_stop_when_nothing_was_scored() -> None:
+    state = state_of([cand("c0", 0, {0: 0.5}), cand("c1", 1, {})], iteration=1)
+    kept = select_beam(state, 3)
+    assert kept == []
+    assert stop_reason(state, ctx(), kept) == "no_scored_candidates"
+
+
+def test_a_stop_reason_already_in_the_state_wins() -> None:
+    state = running_state(stop_reason="budget")
+    assert stop_reason(state, ctx(should_stop=lambda: "halt"), []) == "budget"
+
+
+# --- the prune edge ---------------------------------------------------------------------
+
+
+def test_prune_sends_the_pruned_beam_to_gradient() -> None:
+    state = state_of([cand("c0", 0, {1: 0.2}), cand("c1", 1, {1: 0.9}), cand("c2", 1, {1: 0.5})],
+                     iteration=1)
+    sends = prune(state, SimpleNamespace(context=ctx(beam_width=2)))
+    assert isinstance(sends, list) and len(sends) == 1
+    assert isinstance(sends[0], Send) and sends[0].node == "gradient"
+    assert sends[0].arg["beam"] == ["c1", "c2"]
+    assert "stop_reason" not in sends[0].arg
+
+
+def test_prune_sends_to_finalize_with_the_reason() -> None:
+    state = state_of([cand("c0", 0, {1: 0.2}), cand("c1", 1, {1: 0.9})], iteration=1)
+    sends = prune(state, SimpleNamespace(context=ctx(beam_width=1, max_iterations=1)))
+    assert sends[0].node == "finalize"
+    assert sends[0].arg["beam"] == ["c1"] and sends[0].arg["stop_reason"] == "max_iterations"
+
+
+# --- budget arithmetic ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "n_train", "n_val", "expected"),
+    [
+        # first minibatch 2; one parent: 2 gradients + 1 summary + 2 edits + 3*2 outputs;
+        # reserve: 4 prompts x 3 val rows
+        (dict(minibatch_size=2), 5, 3, 2 + (2 + 1 + 2 + 6) + 12),
+        # a judge doubles every scored output
+        (dict(minibatch_size=2, criteria="ok"), 5, 3, 4 + (2 + 1 + 2 + 12) + 24),
+        # ablation: k = min(candidates_per_prompt, gradients), no summary
+        (dict(minibatch_size=2, summarize=False, candidates_per_prompt=3), 5, 0,
+         2 + (2 + 0 + 2 + 3 * 2) + 4 * 5),
+        (dict(minibatch_size=4, max_gradients_per_prompt=1, beam_width=1), 3, 0,
+         3 + (1 + 1 + 2 + 3 * 3) + 2 * 3),
+        (dict(minibatch_size=2, max_iterations=0), 5, 3, 2 + 0 + 12),
+    ],
+)
+def test_calls_needed_for_one_iteration(settings: dict, n_train: int, n_val: int,
+                                        expected: int) -> None:
+    assert calls_needed_for_one_iteration(n_train, n_val, ctx(**settings)) == expected
