@@ -1,0 +1,98 @@
+"""The graph's drawing (a committed snapshot), the package's exports, and the network guard."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from pytest_socket import SocketConnectBlockedError
+
+import langchain_gradsum
+from langchain_gradsum import build_graph, create_gradsum_graph
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "gradsum_graph.mmd"
+
+
+def mermaid() -> str:
+    return create_gradsum_graph().get_graph().draw_mermaid(with_styles=False)
+
+
+def test_graph_drawing_matches_the_snapshot() -> None:
+    """If the graph changed on purpose, regenerate with UPDATE_SNAPSHOTS=1."""
+    drawn = mermaid()
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        SNAPSHOT.write_text(drawn, encoding="utf-8")
+    assert drawn == SNAPSHOT.read_text(encoding="utf-8")
+
+
+def test_graph_drawing_shows_the_algorithm() -> None:
+    drawn = mermaid()
+    lines = {line.strip().rstrip(";") for line in drawn.splitlines()}
+    for node in ("generate", "evaluate", "gradient", "summarize", "edit", "finalize"):
+        assert any(node in line.split() for line in lines), node
+    assert {
+        "__start__ --> generate",
+        "generate --> evaluate",
+        "evaluate -. &nbsp;prune&nbsp; .-> gradient",
+        "evaluate -. &nbsp;stop&nbsp; .-> finalize",
+        "gradient --> summarize",
+        "summarize --> edit",
+        "edit --> generate",
+        "finalize --> __end__",
+    } <= lines
+
+
+def test_graph_structure() -> None:
+    graph = create_gradsum_graph().get_graph()
+    assert set(graph.nodes) == {"__start__", "generate", "evaluate", "gradient", "summarize",
+                                "edit", "finalize", "__end__"}
+    conditional = {(e.source, e.target, e.data) for e in graph.edges if e.conditional}
+    assert conditional == {("evaluate", "gradient", "prune"), ("evaluate", "finalize", "stop")}
+    assert build_graph().compile().name == "LangGraph"
+    assert create_gradsum_graph(name="mine").name == "mine"
+
+
+def test_everything_in_all_is_importable() -> None:
+    module = langchain_gradsum
+    assert module.__all__, "the package exports nothing"
+    assert len(set(module.__all__)) == len(module.__all__)
+    namespace: dict[str, object] = {}
+    exec(f"from langchain_gradsum import {', '.join(module.__all__)}", namespace)
+    for name in module.__all__:
+        assert namespace[name] is getattr(module, name)
+    for expected in ("GradSumOptimizer", "OptimizationResult", "create_gradsum_graph",
+                     "GradSumContext", "MetaPrompts", "exact_match"):
+        assert expected in module.__all__
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["state", "prompts", "_templates", "_llm", "data", "evaluators", "nodes", "beam", "graph",
+     "optimizer", "testing"],
+)
+def test_module_all_is_importable(module: str) -> None:
+    mod = importlib.import_module(f"langchain_gradsum.{module}")
+    for name in getattr(mod, "__all__", []):
+        assert hasattr(mod, name), f"langchain_gradsum.{module}.__all__ lists missing {name!r}"
+
+
+# --- the unit tests cannot reach the network ---------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:A test tried to use socket")
+def test_network_is_blocked() -> None:
+    with pytest.raises(SocketConnectBlockedError):
+        socket.create_connection(("203.0.113.7", 443), timeout=1)
+
+
+def test_loopback_is_allowed() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            conn, _ = server.accept()
+            conn.close()
