@@ -304,7 +304,12 @@ def test_optimizer_run_is_one_trace(langsmith_env: CaptureServer) -> None:
     assert set(by_role) == ROLES
     assert ls_run_trees._CLIENT is None  # the tracer passed in was the only one used
     encodings = {r["headers"].get("content-encoding") for r in langsmith_env.writes}
-    assert encodings == ({"zstd"} if langsmith_env.info else {None})
+    if langsmith_env.info:
+        # zstd once the client's compression thread is up (ops queued before it
+        # started go out as plain multipart): both kinds were decoded above.
+        assert "zstd" in encodings
+    else:
+        assert encodings == {None}
 
 
 def test_cli_run_traces_from_the_environment(langsmith_env: CaptureServer,
