@@ -65,7 +65,17 @@ chromium:
 test-integration: install-local
 	$(LOCAL) run -- $(PY) -m pytest tests/integration_tests -m integration -q
 
-test: test-unit test-integration
+# The notebooks (notebooks/), executed top to bottom in a fresh kernel with the scripted
+# fake model (GRADSUM_NOTEBOOK_MODEL=fake), into a temp dir: committed outputs stay as they are.
+.PHONY: test-notebooks
+$(STAMP)-install-notebooks: pyproject.toml | $(PY)
+	$(PIP) install -e '.[notebooks,test]'
+	@touch $@
+
+test-notebooks: install $(STAMP)-install-notebooks
+	$(PY) -m pytest tests/notebooks -q
+
+test: test-unit test-notebooks test-integration
 
 demo: install-local
 	$(LOCAL) run -- $(PY) -m langchain_gradsum.demo
