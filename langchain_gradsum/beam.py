@@ -122,6 +122,11 @@ def prune(
     ctx = runtime.context
     kept = select_beam(state, ctx.beam_width)
     reason = stop_reason(state, ctx, kept)
+    if reason and state["iteration"] > 0 and len(kept) < ctx.beam_width:
+        # A stop (the budget) cut this iteration short before every candidate was scored:
+        # fill the beam from the last complete ranking so the search's progress survives.
+        last = select_beam({**state, "iteration": state["iteration"] - 1}, ctx.beam_width)
+        kept += [cid for cid in last if cid not in kept][: ctx.beam_width - len(kept)]
     pruned: dict[str, Any] = {**state, "beam": kept}
     if reason:
         return [Send("finalize", {**pruned, "stop_reason": reason})]
