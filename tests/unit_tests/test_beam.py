@@ -189,6 +189,24 @@ def test_prune_sends_to_finalize_with_the_reason() -> None:
     assert sends[0].arg["beam"] == ["c1"] and sends[0].arg["stop_reason"] == "max_iterations"
 
 
+def test_prune_after_a_cut_short_iteration_keeps_the_last_scored_beam() -> None:
+    # the budget ran out in iteration 2 before anything was scored
+    state = state_of([cand("c0", 0, {0: 0.0, 1: 0.0}), cand("c1", 1, {1: 0.5}),
+                      cand("c2", 2, {})], iteration=2, beam=["c1", "c2"], stop_reason="budget")
+    sends = prune(state, SimpleNamespace(context=ctx(beam_width=1)))
+    assert sends[0].node == "finalize"
+    assert sends[0].arg["beam"] == ["c1"] and sends[0].arg["stop_reason"] == "budget"
+
+
+def test_prune_after_a_partly_scored_iteration_fills_the_beam_from_the_last_ranking() -> None:
+    state = state_of([cand("c1", 1, {1: 0.9}), cand("c4", 1, {1: 0.1}), cand("c5", 2, {2: 0.4}),
+                      cand("c6", 2, {})], iteration=2, stop_reason="budget")
+    sends = prune(state, SimpleNamespace(context=ctx(beam_width=2)))
+    assert sends[0].arg["beam"] == ["c5", "c1"]  # this iteration's ranking first
+    sends = prune(state, SimpleNamespace(context=ctx(beam_width=1)))
+    assert sends[0].arg["beam"] == ["c5"]
+
+
 # --- budget arithmetic ------------------------------------------------------------------
 
 

@@ -103,3 +103,35 @@ def test_the_budget_stops_the_search_and_still_validates() -> None:
     assert 0 < result.iterations < 50
     assert len(model.calls) == result.total_calls <= 80
     assert result.candidates["c0"]["val_score"] == 0.0 and result.split == "val"
+
+
+def test_a_budget_stop_mid_iteration_keeps_the_last_scored_beam() -> None:
+    """Retries are not in the per-iteration estimate, so the budget can run out inside an
+    iteration, before its outputs are scored. The search's progress must survive: the
+    last beam that was scored goes on to the final pick."""
+    seen: Counter[str] = Counter()
+
+    def gen(text: str) -> str:
+        if "v1:" in text:  # the first edit gets half the rows right
+            return "B" if text.endswith("q0") else "A"
+        return "B" if GOOD in text else "A"
+
+    def flaky(reply: str) -> Any:
+        def respond(text: str) -> Any:
+            seen[text] += 1
+            if "v1:" in text and seen[text] <= 2:  # critiques of c1 need 3 attempts
+                return Flaky("busy")
+            return reply
+        return respond
+
+    model = scripted(generate=gen, gradient=flaky("Ask for B."), summarize=flaky("Ask for B."))
+    # need 14: c0 on 2 rows, one iteration (2 + 1 + 1 + 2 x 2), final 2 prompts x 2 rows
+    result = optimizer(model, beam_width=1, candidates_per_prompt=1, max_iterations=5,
+                       minibatch_size=2, max_llm_calls=20).optimize("Q: {question}", qa_rows(2))
+
+    assert result.stop_reason == "budget" and result.iterations == 2
+    assert len(model.calls) == result.total_calls <= 20
+    c1 = result.candidates["c1"]
+    assert c1["template"].startswith(f"{GOOD} v1:") and c1["scores"] == {"1": 0.5}
+    assert result.initial_score == 0.0
+    assert result.best_id == "c1" and result.best_score == 0.5
