@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from gradsum_fakes import context, qa_rows, scripted
 from langgraph.types import Send
 
 from langchain_gradsum.beam import (
@@ -19,7 +20,6 @@ from langchain_gradsum.beam import (
     stop_reason,
 )
 from langchain_gradsum.nodes import new_candidate
-from gradsum_fakes import context, qa_rows, scripted
 
 
 def cand(cid: str, it: int, scores: dict[int, float]) -> dict[str, Any]:

@@ -7,10 +7,10 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from gradsum_fakes import GOOD, optimizer, qa_rows, scripted
 
 from langchain_gradsum import exact_match
 from langchain_gradsum.beam import calls_needed_for_one_iteration
-from gradsum_fakes import GOOD, optimizer, qa_rows, scripted
 
 
 class Flaky(Exception):

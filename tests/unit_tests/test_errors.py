@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gradsum_fakes import optimizer, qa_rows, scripted
 from langchain_core.prompts import PromptTemplate
 
 from langchain_gradsum import GradSumOptimizer, MetaPrompts, exact_match
 from langchain_gradsum.beam import calls_needed_for_one_iteration
-from gradsum_fakes import optimizer, qa_rows, scripted
 
 PROMPT = "Q: {question}"
 

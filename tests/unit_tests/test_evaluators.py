@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from gradsum_fakes import optimizer, qa_rows, scripted
 
 from langchain_gradsum.evaluators import (
     EvalResult,
@@ -15,7 +16,6 @@ from langchain_gradsum.evaluators import (
     numeric_match,
     run_evaluator,
 )
-from gradsum_fakes import optimizer, qa_rows, scripted
 
 
 def out(text: str) -> dict[str, str]:

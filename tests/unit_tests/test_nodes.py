@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from gradsum_fakes import FakeRuntime, context, output_in, qa_rows, scripted
 
 from langchain_gradsum import create_gradsum_graph
 from langchain_gradsum.data import minibatch_indices
@@ -18,7 +19,6 @@ from langchain_gradsum.nodes import (
     new_candidate,
     summarize,
 )
-from gradsum_fakes import FakeRuntime, context, output_in, qa_rows, scripted
 
 PROMPT = "Q: {question}"
 
@@ -460,3 +460,19 @@ def test_one_iteration_through_the_graph() -> None:
     assert model.calls_by_role() == {"generate": n_generate, "gradient": 2,
                                      "summarize": 1, "edit": 2}
     assert final["usage"]["generate"]["calls"] == n_generate
+
+
+def test_should_stop_ends_the_graph_gracefully_with_its_reason() -> None:
+    model = scripted()
+    asked: list[int] = []
+
+    def should_stop() -> str | None:
+        asked.append(1)
+        return "user_stop"
+
+    ctx = context(model, max_iterations=5, should_stop=should_stop)
+    final = create_gradsum_graph().invoke({"prompt": PROMPT, "train": qa_rows(2)}, context=ctx)
+    assert asked
+    assert final["stop_reason"] == "user_stop" and final["iteration"] == 0
+    assert final["best_id"] == "c0" and final["candidates"]["c0"]["val_score"] == 0.0
+    assert model.calls_by_role() == {"generate": 2}  # no gradient, summary or edit

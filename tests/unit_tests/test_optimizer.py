@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gradsum_fakes import GOOD, optimizer, qa_rows, scripted
 
 from langchain_gradsum import OptimizationError, OptimizationResult, exact_match
-from gradsum_fakes import GOOD, optimizer, qa_rows, scripted
 
 PROMPT = "Q: {question}"
 
@@ -157,7 +157,7 @@ def test_result_lineage_history_and_json(tmp_path: Path) -> None:
     assert isinstance(result, OptimizationResult)
     chain = result.lineage()
     assert chain[0]["id"] == "c0" and chain[-1]["id"] == result.best_id
-    assert all(b["parent_id"] == a["id"] for a, b in zip(chain, chain[1:]))
+    assert all(b["parent_id"] == a["id"] for a, b in zip(chain, chain[1:], strict=False))
     assert [c["id"] for c in result.history[0]] == ["c0"]
     assert result.iterations == 2 and len(result.history) == 3
     assert result.total_calls == len(model.calls)

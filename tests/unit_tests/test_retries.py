@@ -7,10 +7,10 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from gradsum_fakes import optimizer, qa_rows, scripted
 
 from langchain_gradsum._llm import BudgetExhausted, CallBudget, LLMCaller, is_transient
 from langchain_gradsum.evaluators import JudgeVerdict
-from gradsum_fakes import optimizer, qa_rows, scripted
 
 PROMPT = "Q: {question}"
 

@@ -1,15 +1,15 @@
-"""The variable guard, template parsing, and str / PromptTemplate / ChatPromptTemplate in and out."""
+"""The variable guard, template parsing, and str/PromptTemplate/ChatPromptTemplate in and out."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from gradsum_fakes import GOOD, optimizer, qa_rows, scripted
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder, PromptTemplate
 
 from langchain_gradsum._templates import PromptSlot, heal_template, template_variables
-from gradsum_fakes import GOOD, optimizer, qa_rows, scripted
 
 # --- heal_template ----------------------------------------------------------------------
 
@@ -28,7 +28,8 @@ def test_heal_escapes_invented_variables() -> None:
     healed, status = heal_template("Answer {question} as {style} in {lang}.", ["question"])
     assert status == "repaired"
     assert healed == "Answer {question} as {{style}} in {{lang}}."
-    assert PromptTemplate.from_template(healed).format(question="Q") == "Answer Q as {style} in {lang}."
+    rendered = PromptTemplate.from_template(healed).format(question="Q")
+    assert rendered == "Answer Q as {style} in {lang}."
 
 
 @pytest.mark.parametrize(
