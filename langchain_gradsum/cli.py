@@ -87,13 +87,23 @@ def _evaluators(names: list[EvaluatorName]) -> list[Any]:
     return out
 
 
-def _prompt_variables(template: str) -> list[str] | None:
+def _prompt_variables(template: str) -> list[str]:
+    """The prompt's {variables}; a broken or variable-less template is an input error
+    found here, before a local server is started for nothing."""
     from langchain_core.prompts import PromptTemplate
 
     try:
-        return list(PromptTemplate.from_template(template).input_variables)
-    except Exception:  # let the optimizer report template errors in its own words
-        return None
+        variables = list(PromptTemplate.from_template(template).input_variables)
+    except Exception as e:
+        raise InputError(
+            f"the prompt is not a valid template ({e}); write literal braces as {{{{ and }}}}"
+        ) from None
+    if not variables:
+        raise InputError(
+            "the prompt has no {variables}: without one, no example can be filled in. "
+            "Add a placeholder such as {question}"
+        )
+    return variables
 
 
 def _models(specs: dict[str, str | None], stack: contextlib.ExitStack) -> dict[str, Any]:
@@ -355,10 +365,9 @@ def optimize(
         train_rows = load_examples(str(data), name="--data")
         val_rows = load_examples(str(val), name="--val") if val is not None else None
         variables = _prompt_variables(template)
-        if variables:
-            check_variables(train_rows, variables, "--data")
-            if val_rows:
-                check_variables(val_rows, variables, "--val")
+        check_variables(train_rows, variables, "--data")
+        if val_rows:
+            check_variables(val_rows, variables, "--val")
         evaluators = _evaluators(list(evaluator or []))
         knobs: dict[str, Any] = dict(
             task_description=task_text,

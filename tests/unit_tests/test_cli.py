@@ -158,12 +158,22 @@ def test_bad_input_is_one_error_line(fake_local: dict[str, Any], data: dict[str,
     assert "Traceback" not in res.output
 
 
-def test_bad_knobs_fail_before_the_local_server_starts(fake_local: dict[str, Any],
-                                                       data: dict[str, Path]) -> None:
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--beam-width", "0", "beam_width must be >= 1"),
+     ("--minibatch-size", "0", "minibatch_size must be >= 1"),
+     ("prompt", "Answer: {question", "not a valid template"),
+     ("prompt", "Answer", "the prompt has no {variables}"),
+     ("--val", "missing.jsonl", "--val: no such file")],
+)
+def test_bad_input_fails_before_the_local_server_starts(
+    fake_local: dict[str, Any], data: dict[str, Path], option: str, value: str, message: str
+) -> None:
     args = base_args(data)
-    args[args.index("--beam-width") + 1] = "0"
+    args[1 if option == "prompt" else args.index(option) + 1] = value
     res = runner.invoke(app, args)
     assert res.exit_code == 2
+    assert message in res.stderr
     assert fake_local["started"] == 0
 
 
