@@ -277,7 +277,9 @@ class LLMCaller:
         if key is not None and (hit := self._cached(role, key)) is not None:
             return schema.model_validate(hit["parsed"])
         config = self._config(role, metadata)
-        bound = _structured(model, schema)
+        # Name the model itself, so the LLM run (not only its wrapping chain) is
+        # traced as gradsum.<role>.
+        bound = _structured(_named(model, f"gradsum.{role}"), schema)
         for _ in range(self.max_parse_retries + 1):
 
             def call() -> dict[str, Any]:
@@ -314,6 +316,11 @@ class LLMCaller:
             return [safe(i) for i in items]
         with get_executor_for_config(self.config) as ex:
             return list(ex.map(safe, items))
+
+
+def _named(model: BaseChatModel, name: str) -> BaseChatModel:
+    """A shallow copy of `model` whose runs are named `name`."""
+    return model if model.name == name else model.model_copy(update={"name": name})
 
 
 def _structured(model: BaseChatModel, schema: type[BaseModel]) -> Any:

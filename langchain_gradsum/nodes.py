@@ -272,7 +272,7 @@ def finalize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
     # Ranked order (ties go to the higher-ranked); the initial prompt always competes.
     finalists = list(state.get("beam", [])) + (["c0"] if "c0" not in state.get("beam", []) else [])
     runtime.stream_writer({"event": "finalize", "split": split, "finalists": finalists,
-                           "stop_reason": state.get("stop_reason")})
+                           "stop_reason": state.get("stop_reason"), "calls": _spent(state)})
     caller = _caller(state, runtime, config, phase="final")
     records = dict(state.get("records", {}))
     # Spend on the initial prompt first: it is generated *and scored* before the others
@@ -305,7 +305,8 @@ def finalize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
         if val > best:
             best_id, best = cid, val
     runtime.stream_writer({"event": "best", "candidate": best_id,
-                           "score": best if best >= 0 else None})
+                           "score": best if best >= 0 else None,
+                           "calls": _spent(state) + caller.budget.used})
     reason = state.get("stop_reason") or stop1 or stop2 or "done"
     return {**_result(caller, None), "records": {**generated, **scored},
             "candidates": candidates, "best_id": best_id, "stop_reason": reason}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import signal
@@ -27,7 +28,13 @@ from langchain_gradsum.data import DataLike, check_variables, load_examples
 from langchain_gradsum.evaluators import evaluator_name, run_evaluator
 from langchain_gradsum.graph import create_gradsum_graph
 from langchain_gradsum.prompts import MetaPrompts
-from langchain_gradsum.state import Candidate, GradSumContext, GradSumState, RoleUsage
+from langchain_gradsum.state import (
+    Candidate,
+    Example,
+    GradSumContext,
+    GradSumState,
+    RoleUsage,
+)
 
 __all__ = ["GradSumOptimizer", "OptimizationError", "OptimizationResult"]
 
@@ -55,6 +62,8 @@ class OptimizationResult:
     wall_time_s: float
     records: dict[str, Any] = field(default_factory=dict, repr=False)
     """Every output and evaluation, by ``"candidate|split|row"``."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The run's knobs (JSON-able: evaluators by name, meta-prompts as text)."""
 
     @property
     def total_calls(self) -> int:
@@ -98,6 +107,7 @@ class OptimizationResult:
             "counters": self.counters,
             "candidates": self.candidates,
             "records": self.records,
+            "settings": self.settings,
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -327,17 +337,17 @@ class GradSumOptimizer:
                               optimizer_model=self.optimizer_model, prompt_slot=slot,
                               **self.settings)  # type: ignore[arg-type]
 
-    def _prepare(
-        self,
-        prompt: Any,
-        train: DataLike,
-        val: DataLike | None,
-        config: RunnableConfig | None,
-        checkpoint: str | Path | BaseCheckpointSaver | None = None,
-        thread_id: str | None = None,
-        cache: str | Path | CallCache | None = None,
-        stop_file: str | Path | None = None,
-    ) -> _Run:
+    def validate(
+        self, prompt: Any, train: DataLike, val: DataLike | None = None
+    ) -> tuple[PromptSlot, str, list[Example], list[Example]]:
+        """Check a prompt and data against these settings without any LLM call.
+
+        Returns:
+            ``(slot, template_text, train_rows, val_rows)``, normalized.
+
+        Raises:
+            ValueError / TypeError: what is wrong and how to fix it.
+        """
         slot, text = PromptSlot.from_prompt(prompt)
         variables = slot.all_variables(text)
         if not variables:
@@ -362,6 +372,21 @@ class GradSumOptimizer:
                     f"{len(val_rows) or len(train_rows)} rows). Raise max_llm_calls or lower "
                     "minibatch_size, candidates_per_prompt, beam_width or the validation size."
                 )
+        return slot, text, train_rows, val_rows
+
+    def _prepare(
+        self,
+        prompt: Any,
+        train: DataLike,
+        val: DataLike | None,
+        config: RunnableConfig | None,
+        checkpoint: str | Path | BaseCheckpointSaver | None = None,
+        thread_id: str | None = None,
+        cache: str | Path | CallCache | None = None,
+        stop_file: str | Path | None = None,
+    ) -> _Run:
+        slot, text, train_rows, val_rows = self.validate(prompt, train, val)
+        ctx = self.context(slot)
         inputs = {"prompt": text, "train": train_rows, "val": val_rows}
         run = _Run(ctx=ctx, input=inputs)
         if thread_id is None:
@@ -455,7 +480,22 @@ class GradSumOptimizer:
             counters=dict(state.get("counters") or {}),
             wall_time_s=round(time.monotonic() - start, 3),
             records=dict(state.get("records") or {}),
+            settings=self.describe_settings(),
         )
+
+    def describe_settings(self) -> dict[str, Any]:
+        """The settings as JSON-able data (for results, reports and benchmarks)."""
+        out: dict[str, Any] = {}
+        for key, value in self.settings.items():
+            if key == "evaluators":
+                value = [evaluator_name(f) for f in value]
+            elif key == "meta_prompts":
+                value = dataclasses.asdict(value)
+            out[key] = value
+        for role in ("model", "judge_model", "optimizer_model"):
+            model = getattr(self, role)
+            out[role] = None if model is None else _model_label(model)
+        return out
 
 
 @dataclass
@@ -537,6 +577,15 @@ def _graceful_sigint(event: threading.Event) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _model_label(model: BaseChatModel) -> str:
+    """A readable model name (never its parameters, which may hold keys)."""
+    for attr in ("model_name", "model"):
+        value = getattr(model, attr, None)
+        if isinstance(value, str) and value:
+            return f"{type(model).__name__}:{value}"
+    return type(model).__name__
 
 
 def _calls(state: GradSumState | dict[str, Any]) -> int:
