@@ -337,6 +337,18 @@ def optimize(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Directory to write result.json and report.html into.",
         file_okay=False, show_default=False, metavar="DIR")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", help="Persist the run in this SQLite file; run the same command "
+        "again to resume after a crash (finished calls are not repeated) or to get a "
+        "finished run's result.", dir_okay=False, show_default=False, metavar="FILE")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="Answer identical LLM calls from this SQLite file (default with "
+        "--checkpoint: the checkpoint file).", dir_okay=False, show_default=False,
+        metavar="FILE")] = None,
+    stop_file: Annotated[Path | None, typer.Option(
+        "--stop-file", help="If this file appears, stop at the next safe point and keep "
+        "the best prompt so far (like Ctrl-C).", dir_okay=False, show_default=False,
+        metavar="FILE")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress output; only the summary.")] = False,
 ) -> None:
@@ -384,7 +396,7 @@ def optimize(
             summarize=not no_summarize,
             seed=seed,
         )
-        _check_settings(knobs)
+        _check_settings(knobs, template, train_rows, val_rows)
     except (ValueError, TypeError) as e:
         raise _fail(str(e)) from None
 
@@ -413,7 +425,9 @@ def optimize(
                             quiet=quiet)
         try:
             with view:
-                result = optimizer.optimize(template, train_rows, val_rows, on_event=view)
+                result = optimizer.optimize(template, train_rows, val_rows, on_event=view,
+                                            checkpoint=checkpoint, cache=cache,
+                                            stop_file=stop_file)
                 view.finish(result.total_calls)
         except (ValueError, TypeError) as e:
             raise _fail(str(e)) from None
@@ -449,15 +463,18 @@ def optimize(
         raise typer.Exit(130)
 
 
-def _check_settings(knobs: dict[str, Any]) -> None:
-    """Validate the knobs now (before a local server starts) with a stand-in model."""
+def _check_settings(knobs: dict[str, Any], template: str, train_rows: list[Any],
+                    val_rows: list[Any] | None) -> None:
+    """Validate knobs, prompt and data now (before a local server starts), with a
+    stand-in model that is never called."""
     from langchain_gradsum.optimizer import GradSumOptimizer
     from langchain_gradsum.testing import ScriptedChatModel
 
     def never(text: str, role: str) -> str:  # pragma: no cover - never called
         raise AssertionError("the settings check makes no calls")
 
-    GradSumOptimizer(ScriptedChatModel(respond=never), **knobs)
+    GradSumOptimizer(ScriptedChatModel(respond=never), **knobs).validate(
+        template, train_rows, val_rows or None)
 
 
 def _write_outputs(result: Any, run_info: dict[str, Any], out: Path) -> list[Path]:

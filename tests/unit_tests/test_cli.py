@@ -316,3 +316,27 @@ def test_main_is_the_script_entry() -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["--version"])
     assert exc.value.code == 0
+
+
+def test_checkpoint_flag_returns_a_finished_run_without_calls(
+        fake_local: dict[str, Any], data: dict[str, Path], tmp_path: Path) -> None:
+    args = [*base_args(data), "--checkpoint", str(tmp_path / "run.sqlite")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert len(fake_local["models"][0].calls) > 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert len(fake_local["models"][-1].calls) == 0  # the saved run is returned
+    best = "--- best prompt ---\nThink step by step, then answer: {question}\n"
+    assert best in first.output and best in again.output
+
+
+def test_stop_file_flag_stops_before_any_edit(
+        fake_local: dict[str, Any], data: dict[str, Path], tmp_path: Path) -> None:
+    stop = tmp_path / "STOP"
+    stop.touch()
+    res = runner.invoke(app, [*base_args(data), "--stop-file", str(stop)])
+    assert res.exit_code == 0, res.output
+    roles = fake_local["models"][0].calls_by_role()
+    assert "edit" not in roles and roles.get("generate", 0) > 0
+    assert "stop_file" in res.output
