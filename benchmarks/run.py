@@ -280,7 +280,7 @@ def test_template(ctx: Ctx, template: str) -> list[dict[str, Any]]:
 
     from langchain_gradsum.local_llm import local_chat_model
 
-    model = local_chat_model(ctx.meter.base_url, max_tokens=ctx.task.max_tokens)
+    model = local_chat_model(ctx.meter.base_url, max_tokens=ctx.task.max_tokens, timeout=900)
     prompt = PromptTemplate.from_template(template)
     out = []
     for row in ctx.splits["test"]:
@@ -303,8 +303,9 @@ def run_gradsum(ctx: Ctx, summarize: bool = True) -> dict[str, Any]:
 
     a = ctx.args
     opt = GradSumOptimizer(
-        local_chat_model(ctx.meter.base_url, max_tokens=ctx.task.max_tokens),
-        optimizer_model=local_chat_model(ctx.meter.base_url, max_tokens=a.optimizer_max_tokens),
+        local_chat_model(ctx.meter.base_url, max_tokens=ctx.task.max_tokens, timeout=900),
+        optimizer_model=local_chat_model(ctx.meter.base_url, max_tokens=a.optimizer_max_tokens,
+                                         timeout=900),
         task_description=ctx.task.description,
         evaluators=[ctx.task.metric],
         beam_width=a.beam_width, candidates_per_prompt=a.candidates,
@@ -343,7 +344,8 @@ def _dspy_lms(ctx: Ctx) -> tuple[Any, Any]:
 
     def lm(max_tokens: int) -> Any:
         return dspy.LM("openai/local", api_base=ctx.meter.base_url, api_key="unused",
-                       max_tokens=max_tokens, temperature=0, cache=False, num_retries=0)
+                       max_tokens=max_tokens, temperature=0, cache=False, num_retries=0,
+                       timeout=900)
 
     return lm(ctx.task.max_tokens), lm(ctx.args.optimizer_max_tokens)
 
@@ -556,12 +558,21 @@ def machine() -> str:
 
 
 @contextlib.contextmanager
-def model_server(base_url: str | None) -> Iterator[str]:
-    from langchain_gradsum.local_llm import BASE_URL_ENV, running_local_llm
+def model_server(base_url: str | None, n_threads: int | None = None) -> Iterator[str]:
+    from langchain_gradsum.local_llm import (
+        BASE_URL_ENV,
+        LocalLLMServer,
+        assemble_model,
+        running_local_llm,
+    )
 
     url = base_url or os.environ.get(BASE_URL_ENV)
     if url:
         yield url
+        return
+    if n_threads:  # our own server with this many threads
+        with LocalLLMServer(assemble_model(), n_threads=n_threads) as server:
+            yield server.base_url
         return
     with running_local_llm() as url:
         yield url
@@ -641,6 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--optimizer-max-tokens", type=int, default=350)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base-url", default=None, help="model server (default: env or start one)")
+    p.add_argument("--n-threads", type=int, default=None,
+                   help="start the local server with this many threads (1 is more robust "
+                        "than 2 when other processes load the 2 cores)")
     p.add_argument("--model-label", default="Qwen2.5-Coder-1.5B-Instruct Q4_K_M (llama.cpp)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--results-dir", type=Path, default=RESULTS)
@@ -651,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         print(time.strftime("%H:%M:%S ") + msg, flush=True)
 
     a.results_dir.mkdir(parents=True, exist_ok=True)
-    with model_server(a.base_url) as url:
+    with model_server(a.base_url, a.n_threads) as url:
         meter = CallMeter(url)
         try:
             for tname in a.tasks:
