@@ -265,3 +265,44 @@ def test_default_log_goes_under_model_dir_and_old_logs_are_pruned(tmp_path: Path
     assert server.log_path == log_dir / "server-1.log"
     assert "hello log" in server.log_path.read_text()
     assert len(list(log_dir.glob("server-*.log"))) <= 11
+
+
+def test_a_running_server_is_shared_not_started_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two llama.cpp servers on 2 cores thrash; a second run shares the first's server."""
+    monkeypatch.setenv(local_llm.MODEL_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(local_llm.BASE_URL_ENV, raising=False)
+    events: list[str] = []
+
+    class FakeServer:
+        base_url = "http://127.0.0.1:1/v1"
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def start(self) -> FakeServer:
+            events.append("start")
+            return self
+
+        def wait_ready(self) -> FakeServer:
+            return self
+
+        def stop(self) -> None:
+            events.append("stop")
+
+    monkeypatch.setattr(local_llm, "LocalLLMServer", FakeServer)
+    monkeypatch.setattr(local_llm, "assemble_model", lambda: tmp_path / "model.gguf")
+    monkeypatch.setattr(local_llm, "server_is_ready",
+                        lambda url, timeout=2.0: "stop" not in events)
+
+    with local_llm.running_local_llm() as first:
+        assert (tmp_path / "server.json").exists()
+        with local_llm.running_local_llm() as second:
+            assert second == first
+        assert events == ["start"]  # shared, and not stopped by the sharer
+    assert events == ["start", "stop"]
+    assert not (tmp_path / "server.json").exists()
+    with local_llm.running_local_llm():
+        pass
+    assert events == ["start", "stop", "start", "stop"]  # a dead registry entry is ignored
