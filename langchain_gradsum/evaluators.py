@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 __all__ = [
     "EvalResult",
+    "EvaluatorError",
     "JudgeVerdict",
     "choice_match",
     "contains_answer",
@@ -33,6 +34,10 @@ class JudgeVerdict(BaseModel):
 
     reasoning: str = Field(description="Brief reasoning about whether the output meets the criteria.")
     score: float = Field(description="Score from 0 (fails the criteria) to 1 (fully meets them).")
+
+
+class EvaluatorError(ValueError):
+    """A programmatic evaluator raised or returned something unusable: a bug to fix."""
 
 
 class EvalResult(BaseModel):
@@ -58,8 +63,14 @@ def run_evaluator(
     """
     kwargs = {"inputs": dict(inputs), "outputs": {"output": output},
               "reference_outputs": dict(reference_outputs)}
-    raw = fn(**_select_args(fn, kwargs))
-    return normalize_result(raw, evaluator_name(fn))
+    try:
+        raw = fn(**_select_args(fn, kwargs))
+        return normalize_result(raw, evaluator_name(fn))
+    except EvaluatorError:
+        raise
+    except Exception as e:
+        raise EvaluatorError(f"evaluator {evaluator_name(fn)!r} failed: {type(e).__name__}: {e}"
+                             ) from e
 
 
 def _select_args(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from langchain_gradsum import beam as beam_mod
 from langchain_gradsum._llm import BudgetExhausted, CallBudget, LLMCaller, resolve_model
 from langchain_gradsum._templates import PromptSlot, heal_template, template_variables
 from langchain_gradsum.data import minibatch_indices
-from langchain_gradsum.evaluators import EvalResult, JudgeVerdict, run_evaluator
+from langchain_gradsum.evaluators import EvalResult, EvaluatorError, JudgeVerdict, run_evaluator
 from langchain_gradsum.state import (
     Candidate,
     Example,
@@ -479,7 +479,7 @@ def _score(
         if isinstance(res, BudgetExhausted):
             continue
         if isinstance(res, BaseException):
-            if not ctx.criteria or isinstance(res, ValueError | TypeError):
+            if not ctx.criteria or isinstance(res, EvaluatorError):
                 raise res  # a broken evaluator is a bug to fix, not a fault to count
             rec = records[record_key(cid, split, i)]
             scored[record_key(cid, split, i)] = {**rec, "score": 0.0,

@@ -25,7 +25,7 @@ from langchain_gradsum._llm import resolve_model
 from langchain_gradsum._templates import PromptSlot
 from langchain_gradsum.beam import calls_needed_for_one_iteration
 from langchain_gradsum.data import DataLike, check_variables, load_examples
-from langchain_gradsum.evaluators import evaluator_name, run_evaluator
+from langchain_gradsum.evaluators import EvaluatorError, evaluator_name, run_evaluator
 from langchain_gradsum.graph import create_gradsum_graph
 from langchain_gradsum.prompts import MetaPrompts
 from langchain_gradsum.state import (
@@ -608,7 +608,8 @@ def _dry_run_evaluators(evaluators: Iterable[Callable[..., Any]], row: dict[str,
         try:
             run_evaluator(fn, row["inputs"], fake_output, ref)
         except Exception as e:
+            cause = e.__cause__ if isinstance(e, EvaluatorError) and e.__cause__ else e
             raise ValueError(
                 f"evaluator {evaluator_name(fn)!r} failed a dry run on train row 0 (with the "
-                f"reference answer as the output): {type(e).__name__}: {e}"
+                f"reference answer as the output): {type(cause).__name__}: {cause}"
             ) from None

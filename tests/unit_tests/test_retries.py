@@ -178,3 +178,37 @@ def test_retries_count_against_max_llm_calls_end_to_end() -> None:
     # the calls spent on retries leave less for the search
     assert len(r_flaky.candidates) < len(r_calm.candidates) or \
         r_flaky.iterations < r_calm.iterations
+
+
+def test_a_provider_error_from_the_judge_is_counted_not_fatal() -> None:
+    """A judge call failing with a ValueError (e.g. a content filter) scores that output 0
+    and is counted; only a broken programmatic evaluator stops the run."""
+    base = scripted().respond
+
+    def respond(text: str, role: str) -> Any:
+        if role == "judge" and ("q0" in text or "q1" in text):
+            return ValueError("content filter")
+        return base(text, role)
+
+    result = optimizer(scripted(respond), criteria="is it B?", max_iterations=0,
+                       minibatch_size=4).optimize(PROMPT, qa_rows(4))
+    assert result.counters["judge_errors"] == 2
+    assert result.counters["failed_calls"] == 2
+    judged = [r for r in result.records.values() if "the judge call failed" in r["feedback"]]
+    assert len(judged) == 2 and all(r["score"] == 0.0 for r in judged)
+
+
+def test_a_broken_evaluator_stops_the_run_with_its_name() -> None:
+    from langchain_gradsum import OptimizationError
+
+    calls = {"n": 0}
+
+    def flaky_metric(outputs: dict) -> float:
+        calls["n"] += 1
+        if calls["n"] > 1:  # passes the dry run, then breaks
+            raise KeyError("answer")
+        return 1.0
+
+    opt = optimizer(scripted(), evaluators=[flaky_metric], max_iterations=0)
+    with pytest.raises(OptimizationError, match="flaky_metric"):
+        opt.optimize(PROMPT, qa_rows(2))
