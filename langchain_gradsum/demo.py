@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_gradsum import GradSumOptimizer, numeric_match
-from langchain_gradsum.optimizer import OptimizationResult
+from langchain_gradsum.optimizer import OptimizationError, OptimizationResult
 
 START_PROMPT = "Answer the question: {question}"
 TASK = "Solve grade-school math word problems. The reply must end with the final number."
@@ -88,7 +88,21 @@ def run(args: argparse.Namespace) -> OptimizationResult:
               f"beam {args.beam_width}, {args.candidates} candidates per prompt, "
               f"{args.iterations} iteration(s), minibatch {args.minibatch}")
         print(f"start prompt: {START_PROMPT!r}\n")
-        return optimizer.optimize(START_PROMPT, train, val, on_event=_print_event)
+        if args.fresh and args.checkpoint.exists():
+            args.checkpoint.unlink()
+        args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        print(f"checkpoint: {args.checkpoint} (run again to resume; --fresh to start over)\n")
+        try:
+            return optimizer.optimize(START_PROMPT, train, val, on_event=_print_event,
+                                      checkpoint=args.checkpoint)
+        except OptimizationError as e:
+            partial = e.partial_result
+            if partial is not None:
+                print(f"\nthe run failed after {partial.total_calls} calls; best so far "
+                      f"({partial.best_id}, minibatch {partial.best_score}):\n"
+                      f"{partial.best_template}\nrun `make demo` again to resume.",
+                      file=sys.stderr)
+            raise
 
 
 def report(result: OptimizationResult, out: Path) -> None:
@@ -126,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=320, help="task model reply cap")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--checkpoint", type=Path, default=Path("runs/demo/checkpoint.sqlite"),
+                   help="SQLite checkpoint + call cache: an interrupted demo resumes")
+    p.add_argument("--fresh", action="store_true", help="delete the checkpoint first")
     args = p.parse_args(argv)
     if args.train + args.val > len(demo_rows()):
         p.error(f"--train + --val must be at most {len(demo_rows())}")
