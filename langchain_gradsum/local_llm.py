@@ -411,14 +411,17 @@ class LocalLLMServer:
         *,
         port: int | None = None,
         n_ctx: int = 4096,
-        n_threads: int = 2,
+        n_threads: int | None = None,
         log_path: Path | None = None,
         command: Sequence[str] | None = None,
     ) -> None:
         self.model_path = Path(model_path) if model_path is not None else default_model_path()
         self._port = port
         self.n_ctx = n_ctx
-        self.n_threads = n_threads
+        # Default 2 (this machine's cores); GRADSUM_LOCAL_THREADS=1 when another
+        # CPU-heavy job shares the machine: llama.cpp threads that cannot all run at
+        # once spin against each other and generation collapses (measured 1 tok/s).
+        self.n_threads = n_threads or int(os.environ.get("GRADSUM_LOCAL_THREADS", "2"))
         self.log_path = Path(log_path) if log_path is not None else None
         self._command = list(command) if command is not None else None
         self.process: subprocess.Popen[bytes] | None = None
