@@ -47,10 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per cell")
     p.add_argument("names", nargs="*", help="notebooks to run (default: all)")
     args = p.parse_args(argv)
-    chosen = [HERE / n if not n.endswith(".ipynb") or "/" not in n else Path(n)
-              for n in args.names] or NOTEBOOKS
+    chosen = [(HERE / Path(n).name).with_suffix(".ipynb") for n in args.names] or NOTEBOOKS
     for path in chosen:
-        path = path if path.suffix == ".ipynb" else path.with_suffix(".ipynb")
         dest = path if args.inplace else args.out / path.name
         start = time.monotonic()
         print(f"executing {path.name} ...", flush=True)
