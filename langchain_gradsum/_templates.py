@@ -49,12 +49,15 @@ def template_variables(text: str) -> list[str]:
     return names
 
 
-def heal_template(text: str, required: list[str]) -> tuple[str | None, str]:
+def heal_template(
+    text: str, required: list[str], *, append_missing: bool = False
+) -> tuple[str | None, str]:
     """The variable guard: make `text` use exactly the `required` variables.
 
     Placeholders the editor invented (and stray braces) are escaped so they
-    render literally; a candidate that lost a required variable is rejected,
-    since where it belongs cannot be known.
+    render literally. A candidate that lost a required variable is rejected, or,
+    with `append_missing`, repaired by appending the lost placeholders at the end
+    (where the input of an instruction-style prompt usually goes).
 
     Returns:
         ``(template, "ok" | "repaired")``, or ``(None, "rejected: <why>")``.
@@ -77,8 +80,14 @@ def heal_template(text: str, required: list[str]) -> tuple[str | None, str]:
 
     healed = _TOKEN.sub(fix, text)
     missing = [v for v in required if v not in seen]
-    if missing:
+    if missing and not (append_missing and healed.strip()):
         return None, "rejected: lost " + ", ".join("{" + v + "}" for v in missing)
+    if missing:
+        if len(required) == 1:
+            block = "{" + missing[0] + "}"
+        else:
+            block = "\n".join(f"{v}: {{{v}}}" for v in missing)
+        return healed.rstrip() + "\n\n" + block, "repaired"
     return healed, "repaired" if repaired else "ok"
 
 

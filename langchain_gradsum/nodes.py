@@ -233,7 +233,8 @@ def edit(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str,
     for (cid, _, fb), res in zip(jobs, results, strict=True):
         if not isinstance(res, str):
             continue
-        template, status = heal_template(extract_prompt(res), required)
+        template, status = heal_template(extract_prompt(res), required,
+                                         append_missing=ctx.repair_missing_variables)
         if template is None:
             caller.count("rejected_candidates")
             runtime.stream_writer({"event": "rejected", "parent": cid, "why": status})

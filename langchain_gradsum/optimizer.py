@@ -151,6 +151,8 @@ class GradSumOptimizer:
         max_concurrency: LLM calls in flight at once.
         max_retries: Retries of timeouts, 429s and 5xx errors.
         summarize: ``False`` runs the paper's ablation: one edit per gradient, no summary.
+        repair_missing_variables: An edited prompt that lost a ``{variable}`` gets it
+            appended at the end (counted as repaired); ``False`` rejects it instead.
         seed: Seed of the minibatch sampling.
         meta_prompts: Override the judge/gradient/summary/edit prompts.
     """
@@ -177,6 +179,7 @@ class GradSumOptimizer:
         max_parse_retries: int = 1,
         retry_backoff: float = 1.0,
         summarize: bool = True,
+        repair_missing_variables: bool = True,
         seed: int = 0,
         meta_prompts: MetaPrompts | None = None,
     ) -> None:
@@ -234,6 +237,7 @@ class GradSumOptimizer:
             max_parse_retries=max_parse_retries,
             retry_backoff=retry_backoff,
             summarize=summarize,
+            repair_missing_variables=repair_missing_variables,
             seed=seed,
             meta_prompts=meta_prompts or MetaPrompts(),
         )

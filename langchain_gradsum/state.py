@@ -170,6 +170,8 @@ class GradSumContext:
     retry_backoff: float = 1.0
     """Seconds before the first retry; doubles each time."""
     summarize: bool = True
+    repair_missing_variables: bool = True
+    """Append a lost placeholder to an edited prompt instead of rejecting it."""
     seed: int = 0
     meta_prompts: MetaPrompts = field(default_factory=MetaPrompts)
     prompt_slot: Any = None

@@ -316,7 +316,8 @@ def test_edit_applies_the_variable_guard() -> None:
     ])
     model = scripted(edit=lambda text: next(replies))
     state = loop_state(candidates={"c0": cand("c0", summaries={"0": "S"})})
-    rt = FakeRuntime(context(model, candidates_per_prompt=4, max_concurrency=1))
+    rt = FakeRuntime(context(model, candidates_per_prompt=4, max_concurrency=1,
+                             repair_missing_variables=False))
 
     out = edit(state, rt, {})
 
@@ -333,6 +334,20 @@ def test_edit_applies_the_variable_guard() -> None:
     child = next(c for c in out["candidates"].values() if "format" in c["template"])
     msg = PromptSlot("str").render(child["template"], {"question": "2+2"})[0]
     assert msg.content == "Think, then answer 2+2 in {format}."
+
+
+def test_edit_repairs_a_lost_variable_by_appending_it_by_default() -> None:
+    replies = iter(["<prompt>Solve it step by step.</prompt>", "<prompt>Fine: {question}</prompt>"])
+    model = scripted(edit=lambda text: next(replies))
+    state = loop_state(candidates={"c0": cand("c0", summaries={"0": "S"})})
+    rt = FakeRuntime(context(model, candidates_per_prompt=2, max_concurrency=1))
+
+    out = edit(state, rt, {})
+
+    templates = sorted(c["template"] for c in out["candidates"].values())
+    assert templates == ["Fine: {question}", "Solve it step by step.\n\n{question}"]
+    assert out["counters"] == {"repaired_candidates": 1}
+    assert not [e for e in rt.events if e["event"] == "rejected"]
 
 
 def test_edit_in_the_ablation_uses_one_gradient_per_child() -> None:

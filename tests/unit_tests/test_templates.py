@@ -188,3 +188,13 @@ def test_initial_prompt_is_returned_in_its_own_type_when_nothing_beats_it() -> N
     assert isinstance(result.best_prompt, ChatPromptTemplate)
     assert result.best_prompt.format_messages(persona="p", question="q") == \
         chat.format_messages(persona="p", question="q")
+
+
+def test_heal_can_append_a_lost_variable() -> None:
+    assert heal_template("Solve it.", ["question"], append_missing=True) == (
+        "Solve it.\n\n{question}", "repaired")
+    assert heal_template("Use {a}.", ["a", "b"], append_missing=True) == (
+        "Use {a}.\n\nb: {b}", "repaired")
+    # nothing to attach the variable to: still rejected
+    assert heal_template("   ", ["question"], append_missing=True) == (
+        None, "rejected: lost {question}")
