@@ -42,12 +42,12 @@ OUT = Path(os.environ.get("GRADSUM_NOTEBOOK_OUT", "runs"))
 """Where the notebooks write results and reports (CI points it at a temp dir)."""
 
 
-def models(task_max_tokens: int = 256, optimizer_max_tokens: int = 300
+def models(task_max_tokens: int = 384, optimizer_max_tokens: int = 220
            ) -> tuple[BaseChatModel, BaseChatModel]:
     """``(task_model, optimizer_model)`` for `MODE`.
 
-    The local server gets two clients: a reply cap for the task model (math answers)
-    and a slightly larger one for gradients, summaries and edits.
+    The local server gets two clients: a reply cap for the task model (room to reason)
+    and another for gradients, summaries and edits.
     """
     if MODE == "fake":
         model = scripted_model()
