@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from langchain_core.load import dumps
 from langchain_core.messages import BaseMessage
 
 __all__ = ["CallCache"]
+
+_LOOPBACK_PORT = re.compile(r"(https?://(?:127\.0\.0\.1|localhost|\[::1\])):\d+")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS gradsum_calls (
@@ -56,6 +59,9 @@ class CallCache:
             identity = model._get_llm_string()
         except Exception:  # a model that cannot serialize itself
             identity = f"{type(model).__module__}.{type(model).__qualname__}:{model!r}"
+        # A loopback server (the embedded model) gets a new port each time it starts;
+        # the port says nothing about the model, so it is left out of the key.
+        identity = _LOOPBACK_PORT.sub(r"\1", identity)
         if isinstance(messages, str):
             payload = messages
         else:

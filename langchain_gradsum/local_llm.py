@@ -668,7 +668,19 @@ def _shared_server() -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     url = str(info.get("base_url", ""))
-    return url if url and server_is_ready(url) else None
+    if not url:
+        return None
+    # A busy server can be slow to answer while it generates: give it time.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server_is_ready(url, timeout=10):
+            return url
+        try:
+            os.kill(int(info["pid"]), 0)
+        except OSError:
+            return None
+        time.sleep(1)
+    return None
 
 
 # -------------------------------------------------------------------------- client
