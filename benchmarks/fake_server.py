@@ -37,7 +37,7 @@ def reply(body: dict[str, Any]) -> dict[str, Any]:
         msg["content"] = "\n\n".join(out + ["[[ ## completed ## ]]"])
     elif "Write an improved version of the prompt" in text:
         var = re.findall(r"\{(\w+)\}", text.split("<prompt>", 1)[-1])
-        keep = " ".join("{%s}" % v for v in dict.fromkeys(var)) or "{question}"
+        keep = " ".join("{" + v + "}" for v in dict.fromkeys(var)) or "{question}"
         msg["content"] = f"<prompt>Think step by step, then answer. {keep}</prompt>"
     else:
         msg["content"] = "The answer is (A). 12"

@@ -554,7 +554,8 @@ def git_state() -> dict[str, Any]:
 
 
 def machine() -> str:
-    return f"{os.cpu_count()} cores, no GPU, {platform.machine()}, Python {platform.python_version()}"
+    return (f"{os.cpu_count()} cores, no GPU, {platform.machine()}, "
+            f"Python {platform.python_version()}")
 
 
 @contextlib.contextmanager
