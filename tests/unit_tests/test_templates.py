@@ -106,7 +106,7 @@ def test_slot_of_a_literal_system_message_escapes_its_braces() -> None:
 
 def test_slot_rejects_what_it_cannot_optimize() -> None:
     with pytest.raises(ValueError, match="f-string"):
-        PromptSlot.from_prompt(PromptTemplate.from_template("{{ q }}", template_format="jinja2"))
+        PromptSlot.from_prompt(PromptTemplate.from_template("{{ q }}", template_format="mustache"))
     with pytest.raises(ValueError, match="partial_variables"):
         PromptSlot.from_prompt(PromptTemplate.from_template("{a} {b}", partial_variables={"b": 1}))
     with pytest.raises(ValueError, match="no system or human"):
