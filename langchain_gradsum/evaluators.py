@@ -32,7 +32,9 @@ _PARAMS = ("inputs", "outputs", "reference_outputs")
 class JudgeVerdict(BaseModel):
     """The LLM judge's structured output: reasoning first, then the score."""
 
-    reasoning: str = Field(description="Brief reasoning about whether the output meets the criteria.")
+    reasoning: str = Field(
+        description="Brief reasoning about whether the output meets the criteria."
+    )
     score: float = Field(description="Score from 0 (fails the criteria) to 1 (fully meets them).")
 
 
