@@ -17,7 +17,7 @@ from langchain_core.prompts import (
 )
 from langchain_core.prompts.chat import BaseStringMessagePromptTemplate
 
-__all__ = ["PromptSlot", "heal_template", "template_variables"]
+__all__ = ["PromptSlot", "copied_example", "heal_template", "template_variables"]
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|\{|\}")
 
@@ -194,3 +194,31 @@ def _pick_message(prompt: ChatPromptTemplate) -> int:
     raise ValueError(
         "the ChatPromptTemplate has no system or human text message to optimize"
     )
+
+
+_WORD = re.compile(r"\w+")
+
+
+def copied_example(
+    text: str, examples: list[str], *, original: str = "", min_words: int = 8
+) -> int | None:
+    """The index of an example whose text `text` copies, else ``None``.
+
+    A copy is a run of `min_words` consecutive words shared with an example
+    (case and punctuation ignored) that the `original` prompt did not already
+    contain. Editors, small ones especially, paste a training question into the
+    prompt instead of writing instructions: such a prompt overfits that example
+    and leaks data into the result.
+    """
+
+    def grams(s: str) -> set[tuple[str, ...]]:
+        words = _WORD.findall(s.lower())
+        return {tuple(words[i:i + min_words]) for i in range(len(words) - min_words + 1)}
+
+    mine = grams(text) - grams(original)
+    if not mine:
+        return None
+    for i, example in enumerate(examples):
+        if mine & grams(example):
+            return i
+    return None

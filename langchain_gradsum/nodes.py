@@ -19,7 +19,12 @@ from langgraph.runtime import Runtime
 
 from langchain_gradsum import beam as beam_mod
 from langchain_gradsum._llm import BudgetExhausted, CallBudget, LLMCaller, resolve_model
-from langchain_gradsum._templates import PromptSlot, heal_template, template_variables
+from langchain_gradsum._templates import (
+    PromptSlot,
+    copied_example,
+    heal_template,
+    template_variables,
+)
 from langchain_gradsum.data import minibatch_indices
 from langchain_gradsum.evaluators import EvalResult, EvaluatorError, JudgeVerdict, run_evaluator
 from langchain_gradsum.state import (
@@ -228,6 +233,8 @@ def edit(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str,
     results = caller.map(rewrite, jobs)
     stop = _check_failures(caller, results, "edit")
     seen = {_normalize(c["template"]) for c in state["candidates"].values()}
+    examples = [_show_inputs(ex) for ex in [*state["train"], *(state.get("val") or [])]] \
+        if ctx.reject_copied_examples else []
     children: dict[str, Candidate] = {}
     next_id = len(state["candidates"])
     for (cid, _, fb), res in zip(jobs, results, strict=True):
@@ -238,6 +245,12 @@ def edit(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str,
         if template is None:
             caller.count("rejected_candidates")
             runtime.stream_writer({"event": "rejected", "parent": cid, "why": status})
+            continue
+        if examples and (copied := copied_example(template, examples,
+                                                  original=state["prompt"])) is not None:
+            caller.count("rejected_candidates")
+            runtime.stream_writer({"event": "rejected", "parent": cid,
+                                   "why": f"rejected: copies example {copied} of the data"})
             continue
         if status == "repaired":
             caller.count("repaired_candidates")

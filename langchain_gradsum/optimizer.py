@@ -153,6 +153,9 @@ class GradSumOptimizer:
         summarize: ``False`` runs the paper's ablation: one edit per gradient, no summary.
         repair_missing_variables: An edited prompt that lost a ``{variable}`` gets it
             appended at the end (counted as repaired); ``False`` rejects it instead.
+        reject_copied_examples: Reject an edited prompt that pastes in 8+ consecutive
+            words of a training or validation input (it would overfit that example and
+            leak data); ``False`` allows few-shot style prompts built from the data.
         seed: Seed of the minibatch sampling.
         meta_prompts: Override the judge/gradient/summary/edit prompts.
     """
@@ -180,6 +183,7 @@ class GradSumOptimizer:
         retry_backoff: float = 1.0,
         summarize: bool = True,
         repair_missing_variables: bool = True,
+        reject_copied_examples: bool = True,
         seed: int = 0,
         meta_prompts: MetaPrompts | None = None,
     ) -> None:
@@ -238,6 +242,7 @@ class GradSumOptimizer:
             retry_backoff=retry_backoff,
             summarize=summarize,
             repair_missing_variables=repair_missing_variables,
+            reject_copied_examples=reject_copied_examples,
             seed=seed,
             meta_prompts=meta_prompts or MetaPrompts(),
         )

@@ -97,7 +97,7 @@ Each critique below was written after the prompt failed on one example.
 
 Merge the critiques into one paragraph of general advice for improving the prompt. \
 Keep the problems that recur across examples and drop details that only fit a single \
-example. Write only the paragraph."""
+example; do not quote the examples. Write only the paragraph."""
 
 EDIT_PROMPT = """\
 You are improving a prompt that instructs an AI assistant.
@@ -116,6 +116,7 @@ Write an improved prompt that fixes the problems in the feedback.
 - Address the assistant directly, as instructions ("Solve...", "Answer...").
 - Keep the placeholder {variables} where the input goes: it is replaced by each real input.
 - Give instructions that work for every input; do not solve an example yourself.
+- Do not copy example questions or answers into the prompt.
 {variant}
 Reply with only the improved prompt, between <prompt> and </prompt>."""
 

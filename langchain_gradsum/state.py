@@ -172,6 +172,8 @@ class GradSumContext:
     summarize: bool = True
     repair_missing_variables: bool = True
     """Append a lost placeholder to an edited prompt instead of rejecting it."""
+    reject_copied_examples: bool = True
+    """Reject an edited prompt that pastes in text of a train/val input (8+ words)."""
     seed: int = 0
     meta_prompts: MetaPrompts = field(default_factory=MetaPrompts)
     prompt_slot: Any = None

@@ -350,6 +350,34 @@ def test_edit_repairs_a_lost_variable_by_appending_it_by_default() -> None:
     assert not [e for e in rt.events if e["event"] == "rejected"]
 
 
+QUESTION = "Natalia sold clips to 48 of her friends in April, and then half as many in May."
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_edit_rejects_a_prompt_that_pastes_in_a_training_question(allow: bool) -> None:
+    replies = iter([
+        f"<prompt>Solve it like this example. Example: {QUESTION.upper()} Now: {{question}}"
+        "</prompt>",
+        "<prompt>Solve the word problem step by step: {question}</prompt>",
+    ])
+    model = scripted(edit=lambda text: next(replies))
+    train = [{"inputs": {"question": QUESTION}, "outputs": {"answer": "72"}}, *qa_rows(1)]
+    state = loop_state(train=train, candidates={"c0": cand("c0", summaries={"0": "S"})})
+    rt = FakeRuntime(context(model, candidates_per_prompt=2, max_concurrency=1,
+                             reject_copied_examples=not allow))
+
+    out = edit(state, rt, {})
+
+    templates = [c["template"] for c in out["candidates"].values()]
+    rejected = [e["why"] for e in rt.events if e["event"] == "rejected"]
+    if allow:
+        assert len(templates) == 2 and not rejected
+    else:
+        assert templates == ["Solve the word problem step by step: {question}"]
+        assert out["counters"] == {"rejected_candidates": 1}
+        assert rejected == ["rejected: copies example 0 of the data"]
+
+
 def test_edit_in_the_ablation_uses_one_gradient_per_child() -> None:
     model = scripted()
     state = loop_state(candidates={"c0": cand("c0", gradients={"0": ["g1", "g2", "g3"]})})

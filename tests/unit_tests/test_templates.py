@@ -9,7 +9,12 @@ from gradsum_fakes import GOOD, optimizer, qa_rows, scripted
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder, PromptTemplate
 
-from langchain_gradsum._templates import PromptSlot, heal_template, template_variables
+from langchain_gradsum._templates import (
+    PromptSlot,
+    copied_example,
+    heal_template,
+    template_variables,
+)
 
 # --- heal_template ----------------------------------------------------------------------
 
@@ -198,3 +203,15 @@ def test_heal_can_append_a_lost_variable() -> None:
     # nothing to attach the variable to: still rejected
     assert heal_template("   ", ["question"], append_missing=True) == (
         None, "rejected: lost {question}")
+
+
+def test_copied_example_finds_a_pasted_input_but_not_shared_instructions() -> None:
+    examples = ["What is 2 + 2?", "Tom has 3 apples and buys 5 more apples at the shop. How many?"]
+    pasted = "Solve it. E.g. tom has 3 apples, and buys 5 more apples at the shop! {question}"
+    assert copied_example(pasted, examples) == 1
+    # shorter than min_words: a shared phrase, not a copy
+    assert copied_example("Say how many apples at the shop: {question}", examples) is None
+    # words the original prompt already had are not a copy
+    original = "Tom has 3 apples and buys 5 more apples at the shop. {question}"
+    assert copied_example(original + " Think first.", examples, original=original) is None
+    assert copied_example(pasted, examples, min_words=20) is None
