@@ -330,9 +330,20 @@ def optimize(
         show_default=False)] = None,
     max_concurrency: Annotated[int, typer.Option(
         "--max-concurrency", help="LLM calls in flight at once.")] = 4,
+    max_gradients_per_prompt: Annotated[int | None, typer.Option(
+        "--max-gradients-per-prompt", help="Cap on critiques per candidate per iteration "
+        "(default: one per shortfall).", show_default=False)] = None,
+    max_retries: Annotated[int, typer.Option(
+        "--max-retries", help="Retries of timeouts, 429s and 5xx errors.")] = 2,
     no_summarize: Annotated[bool, typer.Option(
         "--no-summarize", help="The paper's ablation: one edit per critique, no "
         "summary.")] = False,
+    no_repair: Annotated[bool, typer.Option(
+        "--no-repair", help="Reject an edited prompt that lost a {variable} instead of "
+        "appending the variable.")] = False,
+    allow_copied_examples: Annotated[bool, typer.Option(
+        "--allow-copied-examples", help="Keep edited prompts that paste in a train/val "
+        "input (rejected by default: they overfit and leak data).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the minibatch sampling.")] = 0,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Directory to write result.json and report.html into.",
@@ -393,7 +404,11 @@ def optimize(
             target_score=target_score,
             max_llm_calls=max_llm_calls,
             max_concurrency=max_concurrency,
+            max_gradients_per_prompt=max_gradients_per_prompt,
+            max_retries=max_retries,
             summarize=not no_summarize,
+            repair_missing_variables=not no_repair,
+            reject_copied_examples=not allow_copied_examples,
             seed=seed,
         )
         _check_settings(knobs, template, train_rows, val_rows)
