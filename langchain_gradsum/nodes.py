@@ -27,6 +27,7 @@ from langchain_gradsum._templates import (
 )
 from langchain_gradsum.data import minibatch_indices
 from langchain_gradsum.evaluators import EvalResult, EvaluatorError, JudgeVerdict, run_evaluator
+from langchain_gradsum.prompts import EDIT_VARIANTS
 from langchain_gradsum.state import (
     Candidate,
     Example,
@@ -216,9 +217,7 @@ def edit(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str,
     def rewrite(job: tuple[str, int, str]) -> str:
         cid, k, fb = job
         variant = "" if n == 1 else (
-            f"- This is version {k + 1} of {n}: "
-            + ("make the smallest change that fixes the problems." if k == 0
-               else "try a different approach from a minimal fix.")
+            f"- This is version {k + 1} of {n}: {EDIT_VARIANTS[k % len(EDIT_VARIANTS)]}"
         )
         message = ctx.meta_prompts.edit.format(
             task_description=ctx.task_description or "(not given)",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 
 __all__ = [
     "EDIT_PROMPT",
+    "EDIT_VARIANTS",
     "GRADIENT_PROMPT",
     "JUDGE_PROMPT",
     "MetaPrompts",
@@ -74,9 +75,11 @@ The prompt was filled in with the input below, and the assistant's output fell s
 {feedback}
 </evaluation>
 
-In one short paragraph, explain what in the prompt led to this shortfall and how the \
-prompt's instructions should change so the assistant gets inputs like this right. \
-Talk about the prompt, not about this one answer."""
+In one short paragraph, name the kind of mistake the output made (for example: \
+misread the question, skipped a step, calculation slip, wrong format, no clear final \
+answer) and say which general instruction the prompt lacks that would prevent this \
+kind of mistake on any input. Do not mention the names, numbers or details of this \
+example, and do not write a new prompt."""
 
 SUMMARY_PROMPT = """\
 You are improving a prompt that instructs an AI assistant.
@@ -96,8 +99,8 @@ Each critique below was written after the prompt failed on one example.
 </critiques>
 
 Merge the critiques into one paragraph of general advice for improving the prompt. \
-Keep the problems that recur across examples and drop details that only fit a single \
-example; do not quote the examples. Write only the paragraph."""
+Keep the problems that recur across examples; leave out the names, numbers and \
+details of single examples. Write only the paragraph."""
 
 EDIT_PROMPT = """\
 You are improving a prompt that instructs an AI assistant.
@@ -119,6 +122,16 @@ Write an improved prompt that fixes the problems in the feedback.
 - Do not copy example questions or answers into the prompt.
 {variant}
 Reply with only the improved prompt, between <prompt> and </prompt>."""
+
+EDIT_VARIANTS = (
+    "make the smallest change that fixes the problems.",
+    "write a longer, more detailed prompt: spell out the steps to follow and the exact "
+    "form of the final answer.",
+    "restructure the prompt from scratch around the problems in the feedback.",
+)
+"""What the edit prompt's ``{variant}`` asks of each of a parent's new candidates (the
+k-th candidate gets ``EDIT_VARIANTS[k % len]``): different asks give different children
+even from a deterministic editor; the same ask twice gives duplicates."""
 
 
 @dataclass(frozen=True)

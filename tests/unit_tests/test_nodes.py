@@ -294,6 +294,11 @@ def test_edit_writes_candidates_per_prompt_children_of_each_parent() -> None:
     assert len(edits) == 6
     for k in (1, 2, 3):
         assert sum(f"version {k} of 3" in t for t in edits) == 2
+    # each version asks for something different (a deterministic editor gives distinct children)
+    from langchain_gradsum.prompts import EDIT_VARIANTS
+
+    for ask in EDIT_VARIANTS:
+        assert sum(ask in t for t in edits) == 2
     assert all("{question}" in t for t in edits)
     children = out["candidates"]
     assert sorted(children) == ["c2", "c3", "c4", "c5", "c6", "c7"]
