@@ -11,7 +11,9 @@ iteration do nothing and the `prune` edge routes to `finalize`.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
+from concurrent.futures import Future
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -452,6 +454,34 @@ def _score(
     """Evaluate the outputs of (candidate, split, row) jobs: score in 0..1 and feedback."""
     _, judge_model, _ = _models(ctx)
     records = state["records"]
+    # The same output on the same row (from another candidate, or another iteration:
+    # common with short answers) is scored once: earlier scores are reused, and identical
+    # judge messages within this step are judged once while the others wait for it.
+    scored_before = {
+        (k.split("|", 2)[1], int(k.split("|", 2)[2]), r["output"]): r
+        for k, r in records.items()
+        if "score" in r and "output" in r and not r.get("judge_failed")
+    }
+    verdicts: dict[str, Future[Any]] = {}
+    lock = threading.Lock()
+
+    def judge(message: str, cid: str, split: str, i: int) -> Any:
+        with lock:
+            pending = verdicts.get(message)
+            if pending is None:
+                verdicts[message] = mine = Future()
+        if pending is not None:
+            caller.count("judge_calls_saved")
+            return pending.result()
+        try:
+            verdict = caller.structured("judge", judge_model, message, JudgeVerdict,
+                                        iteration=iteration, candidate_id=cid, split=split,
+                                        example=i)
+        except BaseException as e:
+            mine.set_exception(e)
+            raise
+        mine.set_result(verdict)
+        return verdict
 
     def score(job: tuple[str, str, int]) -> Record:
         cid, split, i = job
@@ -459,9 +489,14 @@ def _score(
         rec = records[record_key(cid, split, i)]
         if "output" not in rec:
             return {**rec, "score": 0.0, "feedback": f"the model call failed: {rec.get('error')}"}
+        if (same := scored_before.get((split, i, rec["output"]))) is not None:
+            if ctx.criteria:
+                caller.count("judge_calls_saved")
+            return {**rec, "score": same["score"], "feedback": same["feedback"]}
         results: list[EvalResult] = [
             run_evaluator(fn, ex["inputs"], rec["output"], ex["outputs"]) for fn in ctx.evaluators
         ]
+        failed = False
         if ctx.criteria:
             message = ctx.meta_prompts.judge.format(
                 task_description=ctx.task_description or "(not given)",
@@ -470,20 +505,22 @@ def _score(
                 reference=_show_reference(ex),
                 output=_clip(rec["output"]),
             )
-            verdict = caller.structured("judge", judge_model, message, JudgeVerdict,
-                                        iteration=iteration, candidate_id=cid, split=split,
-                                        example=i)
+            verdict = judge(message, cid, split, i)
             if isinstance(verdict, JudgeVerdict):
                 results.append(EvalResult(key="judge", score=min(1.0, max(0.0, verdict.score)),
                                           comment=verdict.reasoning))
             else:
                 caller.count("judge_failures")
+                failed = True
                 results.append(EvalResult(key="judge", score=0.0,
                                           comment="the judge's reply could not be parsed"))
         mean = sum(r.score for r in results) / len(results)
         feedback = "\n".join(f"{r.key}: {r.score:g}" + (f" ({r.comment})" if r.comment else "")
                              for r in results)
-        return {**rec, "score": mean, "feedback": feedback}
+        out: Record = {**rec, "score": mean, "feedback": feedback}
+        if failed:
+            out["judge_failed"] = True
+        return out
 
     results = caller.map(score, jobs)
     stop = _check_failures(caller, results, "judge") if ctx.criteria else None
@@ -495,7 +532,7 @@ def _score(
             if not ctx.criteria or isinstance(res, EvaluatorError):
                 raise res  # a broken evaluator is a bug to fix, not a fault to count
             rec = records[record_key(cid, split, i)]
-            scored[record_key(cid, split, i)] = {**rec, "score": 0.0,
+            scored[record_key(cid, split, i)] = {**rec, "score": 0.0, "judge_failed": True,
                                                  "feedback": f"the judge call failed: {_err(res)}"}
             continue
         scored[record_key(cid, split, i)] = res

@@ -67,6 +67,8 @@ class Record(TypedDict, total=False):
     score: float
     feedback: str
     """Evaluator comments and judge reasoning, joined."""
+    judge_failed: bool
+    """The judge call failed or its reply could not be parsed (scored 0, not reused)."""
 
 
 class RoleUsage(TypedDict):

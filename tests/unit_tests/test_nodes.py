@@ -173,6 +173,45 @@ def test_evaluate_leaves_a_candidate_with_missing_outputs_unscored() -> None:
     assert out["records"]["c1|train|0"]["score"] == 1.0
 
 
+def test_evaluate_judges_the_same_output_on_the_same_row_once() -> None:
+    model = scripted(judge=lambda text: {"reasoning": "fine", "score": 0.5})
+    rt = FakeRuntime(context(model, criteria="Say B.", max_concurrency=4))
+    state = loop_state(
+        candidates={"c0": cand("c0"), "c1": cand("c1", "X {question}", parent="c0", it=1),
+                    "c2": cand("c2", "Y {question}", parent="c0", it=1)},
+        beam=["c1", "c2"],
+        records={  # c0's records are from an earlier step, already scored
+            "c0|train|0": {"output": "B", "score": 0.75, "feedback": "earlier"},
+            "c0|train|1": {"output": "A", "score": 0.0, "feedback": "bad",
+                           "judge_failed": True},
+            "c1|train|0": {"output": "B"}, "c1|train|1": {"output": "A"},
+            "c2|train|0": {"output": "C"}, "c2|train|1": {"output": "A"},
+        },
+    )
+
+    out = evaluate(state, rt, {})
+
+    # row 0 "B" reuses c0's score; row 1 "A" is judged once for c1 and c2 (c0's failed
+    # verdict is not reused); row 0 "C" is new
+    assert sorted(output_in(t) for t in calls_of(model, "judge")) == ["A", "C"]
+    recs = out["records"]
+    assert recs["c1|train|0"]["score"] == 0.75 and recs["c1|train|0"]["feedback"] == "earlier"
+    assert recs["c1|train|1"]["score"] == recs["c2|train|1"]["score"] == pytest.approx(0.25)
+    assert recs["c1|train|1"]["feedback"] == recs["c2|train|1"]["feedback"]
+    assert out["counters"] == {"judge_calls_saved": 2}
+
+
+def test_evaluate_marks_a_failed_judge_verdict() -> None:
+    model = scripted(judge=lambda text: "not json at all")
+    rt = FakeRuntime(context(model, criteria="Say B.", max_parse_retries=0))
+    state = loop_state(records={"c0|train|0": {"output": "B"}, "c0|train|1": {"output": "A"}})
+
+    out = evaluate(state, rt, {})
+
+    assert all(out["records"][f"c0|train|{i}"]["judge_failed"] for i in (0, 1))
+    assert out["counters"]["judge_failures"] == 2
+
+
 def test_evaluate_raises_a_broken_evaluator() -> None:
     def broken(outputs: dict) -> float:
         return 7.0
