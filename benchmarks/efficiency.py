@@ -17,6 +17,9 @@ Reported per concurrency:
   overhead_c1_s     wall - calls x latency at concurrency 1 (pure framework time)
   achieved_conc     calls x latency / wall (mean calls in flight)
   rerun_calls       calls of an immediate identical re-run (no cache: the same calls again)
+  cached_*          the same run with `cache=<fresh SQLite file>`, then an immediate re-run
+                    with the same cache: its model calls (0 when every call is answered from
+                    the cache), wall time, and whether it returns the same best prompt/score
 
     python benchmarks/efficiency.py            # writes benchmarks/results/efficiency-<date>.json
 """
@@ -31,6 +34,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -82,20 +86,7 @@ def rows(n: int, offset: int = 0) -> list[dict[str, Any]]:
 def run_once(concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
     script = Script()
     model = ScriptedChatModel(respond=script, latency=args.latency)
-    opt = GradSumOptimizer(
-        model,
-        task_description="Answer with the letter of the right option.",
-        criteria="The output is exactly the expected letter.",
-        evaluators=[exact_match],
-        beam_width=args.beam_width,
-        candidates_per_prompt=args.candidates,
-        max_iterations=args.iterations,
-        minibatch_size=args.minibatch,
-        max_gradients_per_prompt=args.max_gradients,
-        max_concurrency=concurrency,
-        retry_backoff=0,
-        seed=0,
-    )
+    opt = _optimizer(model, concurrency, args)
     train, val = rows(args.train), rows(args.val, offset=1000)
     t0 = time.perf_counter()
     res = opt.optimize(START, train, val)
@@ -106,6 +97,7 @@ def run_once(concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
     opt.optimize(START, train, val)
     wall2 = time.perf_counter() - t1
     rerun_calls = len(model.calls) - calls_first
+    cached = _cached_rerun(concurrency, args, train, val)
     busy = calls_first * args.latency
     ideal = busy / concurrency
     return {
@@ -121,10 +113,54 @@ def run_once(concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
         "speedup_vs_c1": None,  # filled below
         "rerun_calls": rerun_calls,
         "rerun_wall_s": round(wall2, 3),
+        **cached,
         "best_score": res.best_score,
         "initial_score": res.initial_score,
         "best_template": res.best_template,
     }
+
+
+def _cached_rerun(concurrency: int, args: argparse.Namespace, train: list[Any],
+                  val: list[Any]) -> dict[str, Any]:
+    """A run with a fresh call cache, then the same run again with a fresh model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "calls.sqlite"
+        first_model = ScriptedChatModel(respond=Script(), latency=args.latency)
+        t0 = time.perf_counter()
+        first = _optimizer(first_model, concurrency, args).optimize(START, train, val,
+                                                                    cache=cache)
+        wall1 = time.perf_counter() - t0
+        again_model = ScriptedChatModel(respond=Script(), latency=args.latency)
+        t1 = time.perf_counter()
+        again = _optimizer(again_model, concurrency, args).optimize(START, train, val,
+                                                                    cache=cache)
+        wall2 = time.perf_counter() - t1
+    return {
+        "cached_first_calls": len(first_model.calls),
+        "cached_first_wall_s": round(wall1, 3),
+        "cached_rerun_calls": len(again_model.calls),
+        "cached_rerun_wall_s": round(wall2, 3),
+        "cached_rerun_same_result": (again.best_template, again.best_score)
+        == (first.best_template, first.best_score),
+    }
+
+
+def _optimizer(model: ScriptedChatModel, concurrency: int,
+               args: argparse.Namespace) -> GradSumOptimizer:
+    return GradSumOptimizer(
+        model,
+        task_description="Answer with the letter of the right option.",
+        criteria="The output is exactly the expected letter.",
+        evaluators=[exact_match],
+        beam_width=args.beam_width,
+        candidates_per_prompt=args.candidates,
+        max_iterations=args.iterations,
+        minibatch_size=args.minibatch,
+        max_gradients_per_prompt=args.max_gradients,
+        max_concurrency=concurrency,
+        retry_backoff=0,
+        seed=0,
+    )
 
 
 def _by_role(calls: list[tuple[str, str, Any]]) -> dict[str, int]:
@@ -170,12 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     print("| max_concurrency | calls | wall s | ideal s | overhead | mean in flight | "
-          "speedup vs 1 | re-run calls |")
-    print("|---|---|---|---|---|---|---|---|")
+          "speedup vs 1 | re-run calls | cached re-run calls (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['max_concurrency']} | {r['calls']} | {r['wall_s']:.2f} | "
               f"{r['ideal_s']:.2f} | {r['overhead_frac']:.0%} | {r['achieved_concurrency']} | "
-              f"{r['speedup_vs_c1']}x | {r['rerun_calls']} |")
+              f"{r['speedup_vs_c1']}x | {r['rerun_calls']} | "
+              f"{r['cached_rerun_calls']} ({r['cached_rerun_wall_s']:.2f}) |")
     print(f"\nwrote {out}")
     return 0
 
