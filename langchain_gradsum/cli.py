@@ -250,6 +250,9 @@ class ProgressView:
             finalists = ", ".join(event.get("finalists") or [])
             reason = event.get("stop_reason") or "done"
             self._log(f"stopped ({reason}); scoring {finalists} on {event.get('split')}")
+        elif kind == "validated":
+            self._log(f"  {event.get('candidate')} scored {float(event.get('score', 0.0)):.3f} "
+                      f"on {event.get('split')}")
         elif kind == "best":
             self.phase = "done"
             score = event.get("score")

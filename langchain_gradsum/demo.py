@@ -60,6 +60,9 @@ def _print_event(event: dict[str, Any]) -> None:
     elif kind == "finalize":
         print(f"[{calls:3d} calls] stop ({event['stop_reason']}); validating "
               f"{event['finalists']} on {event['split']}")
+    elif kind == "validated":
+        print(f"[{calls:3d} calls]   {event['candidate']} {event['split']} score "
+              f"{event['score']:.2f}")
     sys.stdout.flush()
 
 

@@ -309,13 +309,17 @@ def finalize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
         records.update(new)
         scored.update(new)
         stop2 = stop2 or stop
+        for cid in group:
+            if (val := _split_score(records, cid, split, len(rows))) is not None:
+                runtime.stream_writer({"event": "validated", "candidate": cid, "split": split,
+                                       "score": val,
+                                       "calls": _spent(state) + caller.budget.used})
     candidates: dict[str, Candidate] = {}
     best_id, best = "c0", -1.0
     for cid in finalists:
-        scores = [records.get(record_key(cid, split, i), {}).get("score") for i in range(len(rows))]
-        if any(s is None for s in scores):
+        val = _split_score(records, cid, split, len(rows))
+        if val is None:
             continue  # incomplete (budget ran out): cannot be compared fairly
-        val = sum(scores) / len(scores)  # type: ignore[arg-type]
         candidates[cid] = {**state["candidates"][cid], "val_score": val}
         if val > best:
             best_id, best = cid, val
@@ -328,6 +332,15 @@ def finalize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
 
 
 # --- shared pieces ---------------------------------------------------------------------
+
+
+def _split_score(records: Mapping[str, Record], cid: str, split: str, n: int) -> float | None:
+    """Mean score of `cid` on every row of `split`, or None if any row is unscored."""
+    scores = [records.get(record_key(cid, split, i), {}).get("score") for i in range(n)]
+    if any(s is None for s in scores):
+        return None
+    return sum(scores) / n  # type: ignore[arg-type]
+
 
 
 def new_candidate(

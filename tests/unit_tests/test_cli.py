@@ -283,6 +283,8 @@ def test_plain_progress_lines() -> None:
                     "calls": 7},
                    {"event": "finalize", "split": "val", "finalists": ["c1", "c0"],
                     "stop_reason": "max_iterations", "calls": 20},
+                   {"event": "validated", "candidate": "c0", "split": "val", "score": 0.25,
+                    "calls": 23},
                    {"event": "best", "candidate": "c1", "score": 1.0, "calls": 26}):
             view(ev)
     lines = console.export_text().splitlines()
@@ -292,6 +294,7 @@ def test_plain_progress_lines() -> None:
         "[gradsum]   c1 written from c0",
         "[gradsum]   rejected an edit of c0: missing {question}",
         "[gradsum] stopped (max_iterations); scoring c1, c0 on val",
+        "[gradsum]   c0 scored 0.250 on val",
         "[gradsum] best c1: 1.000",
     ]
 

@@ -533,7 +533,8 @@ def test_one_iteration_through_the_graph() -> None:
             final = chunk
 
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "iteration" and kinds[-2:] == ["finalize", "best"]
+    assert kinds[0] == "iteration"
+    assert kinds[-5:] == ["finalize", "validated", "validated", "validated", "best"]
     assert kinds.count("candidate") == 2 and kinds.count("iteration") == 2
     cands = final["candidates"]
     assert sorted(cands) == ["c0", "c1", "c2"]
@@ -542,6 +543,10 @@ def test_one_iteration_through_the_graph() -> None:
     assert final["iteration"] == 1 and final["stop_reason"] == "max_iterations"
     assert final["best_id"] in ("c1", "c2")
     assert cands[final["best_id"]]["val_score"] == 1.0 and cands["c0"]["val_score"] == 0.0
+    validated = [(e["candidate"], e["split"], e["score"]) for e in events
+                 if e["event"] == "validated"]
+    assert validated[0] == ("c0", "val", 0.0)  # the initial prompt is validated first
+    assert sorted(validated) == sorted((c, "val", cands[c]["val_score"]) for c in cands)
     # iteration 0: c0 on 2 rows; iteration 1: the children on 2 rows and c0 on the rows
     # of the new minibatch it has not seen; finalize: 3 finalists on 2 val rows
     b0, b1 = minibatch_indices(3, 2, 0, 0), minibatch_indices(3, 2, 0, 1)
