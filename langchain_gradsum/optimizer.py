@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
+import queue
 import signal
 import sqlite3
 import threading
@@ -292,9 +294,10 @@ class GradSumOptimizer:
         run = self._prepare(prompt, train, val, config, checkpoint, thread_id, cache, stop_file)
         last = run.initial_state()
         try:
-            with _graceful_sigint(run.stop_event):
-                for mode, chunk in run.graph.stream(run.input, run.config, context=run.ctx,
-                                                    stream_mode=["values", "custom"]):
+            with _graceful_sigint(run.stop_event) as interruptible:
+                chunks = interruptible(lambda: run.graph.stream(
+                    run.input, run.config, context=run.ctx, stream_mode=["values", "custom"]))
+                for mode, chunk in chunks:
                     last = self._on_chunk(mode, chunk, last, on_event)
         except KeyboardInterrupt:
             return self._result(last, run.ctx, run.start, interrupted="interrupted")
@@ -568,11 +571,22 @@ def _stop_signal(event: threading.Event, stop_file: str | Path | None) -> Callab
     return should_stop
 
 
+Stream = Callable[[], Iterable[Any]]
+
+
 @contextlib.contextmanager
-def _graceful_sigint(event: threading.Event) -> Iterator[None]:
-    """First Ctrl-C: ask the run to stop at the next safe point. Second: stop now."""
+def _graceful_sigint(event: threading.Event) -> Iterator[Callable[[Stream], Iterator[Any]]]:
+    """First Ctrl-C: ask the run to stop at the next safe point. Second: stop now.
+
+    Yields a wrapper for the graph's stream. In the main thread the stream runs in
+    a worker thread while the main thread polls for its chunks: Python runs signal
+    handlers only in the main thread, and only when it runs, so a main thread
+    blocked inside LangGraph for a whole step (minutes on a slow model) would not
+    see Ctrl-C until the step ends. The caller of a hard stop gets everything
+    finished so far; the abandoned step's calls still land in the cache.
+    """
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda stream: iter(stream())
         return
     previous = signal.getsignal(signal.SIGINT)
 
@@ -583,9 +597,59 @@ def _graceful_sigint(event: threading.Event) -> Iterator[None]:
 
     signal.signal(signal.SIGINT, handler)
     try:
-        yield
+        yield _in_worker_thread
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+_DONE = object()
+
+
+def _in_worker_thread(stream: Stream) -> Iterator[Any]:
+    """Iterate `stream()` in a daemon thread (same contextvars), handing items over.
+
+    When the consumer stops early (a hard Ctrl-C), the stream is closed at its next
+    item, so no new graph step (and no new LLM call) starts behind the caller's back.
+    """
+    items: queue.Queue[Any] = queue.Queue()
+    abandoned = threading.Event()
+
+    def produce() -> None:
+        it = iter(stream())
+        try:
+            for item in it:
+                if abandoned.is_set():
+                    break
+                items.put(item)
+        except BaseException as e:  # re-raised in the consumer
+            items.put(_Failed(e))
+        finally:
+            if close := getattr(it, "close", None):
+                with contextlib.suppress(Exception):
+                    close()
+            items.put(_DONE)
+
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(produce,),
+                              name="gradsum-graph", daemon=True)
+    worker.start()
+    try:
+        while True:
+            try:
+                item = items.get(timeout=0.1)  # wakes the main thread for signal handlers
+            except queue.Empty:
+                continue
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        abandoned.set()
+
+
+@dataclass
+class _Failed:
+    error: BaseException
 
 
 def _model_label(model: BaseChatModel) -> str:

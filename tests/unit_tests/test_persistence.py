@@ -135,6 +135,47 @@ def test_stop_file_ends_at_next_safe_point_with_validated_best(tmp_path: Path) -
     assert "edit" not in model.calls_by_role()
 
 
+def test_ctrl_c_stops_at_the_next_safe_point_with_the_validated_best() -> None:
+    import os
+    import signal
+    import time
+
+    def respond(text: str, role: str) -> Any:
+        if role == "summarize":
+            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C once
+            time.sleep(0.05)  # the main thread's handler runs
+        return _respond(text, role)
+
+    model = ScriptedChatModel(respond=respond)
+    result = _optimizer(model, max_iterations=5).optimize("Q: {question}", ROWS, ROWS[:3])
+    assert result.stop_reason == "interrupted"
+    assert result.iterations == 0 and "edit" not in model.calls_by_role()
+    assert result.best_id == "c0" and result.split == "val" and result.best_score is not None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_what_was_done() -> None:
+    import os
+    import signal
+    import time
+
+    def respond(text: str, role: str) -> Any:
+        if role == "summarize":
+            for _ in range(2):  # Ctrl-C twice
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+        return _respond(text, role)
+
+    model = ScriptedChatModel(respond=respond)
+    result = _optimizer(model, max_iterations=5).optimize("Q: {question}", ROWS, ROWS[:3])
+    # returned during the summary call, with the best minibatch candidate so far
+    assert result.stop_reason == "interrupted" and result.split == "minibatch"
+    assert result.best_id == "c0" and result.best_score is not None
+    assert result.total_calls == len(model.calls) > 0  # every finished call is accounted
+    time.sleep(0.5)  # the call in flight finishes; no new step starts behind our back
+    assert set(model.calls_by_role()) == {"generate", "judge", "gradient", "summarize"}
+
+
 class _Flaky:
     """Fails ~20 % of calls with a timeout, a 429, a 500 or malformed judge JSON."""
 
