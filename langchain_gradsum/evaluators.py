@@ -181,23 +181,37 @@ def contains_answer(outputs: Mapping[str, Any], reference_outputs: Mapping[str, 
             "comment": ("contains " if ok else "does not contain ") + repr(answers[0])}
 
 
-_CHOICE = re.compile(r"\(?\b([A-J])\b\)?")
 _CHOICE_ANSWER = re.compile(r"answer(?:\s+is)?\s*[:\-]?\s*\(?([A-J])\b", re.I)
+_CHOICE_ONLY = re.compile(r"^\W*([A-J])\W*$")
+_CHOICE_MARKED = re.compile(r"\(([A-J])\)|^\s*([A-J])[).:](?!\w)", re.M)
+_CHOICE = re.compile(r"\b([A-J])\b(?!['\u2019])")
 
 
 def choice_match(outputs: Mapping[str, Any], reference_outputs: Mapping[str, Any]) -> dict:
     """1 if the chosen option letter equals the reference letter (``A``, ``(B)``...).
 
-    The choice is the letter after the last "answer:"/"answer is", else the last
-    standalone capital letter A-J in the output.
+    The choice is, in this order: the letter after the last "answer:"/"answer is";
+    the whole reply if it is one letter; the last marked letter ("(C)", or "C)" /
+    "C." opening a line); else the last standalone capital A-J that is not the
+    word "I" or the article "A".
     """
     want = _reference(reference_outputs).strip().strip("()").upper()
     text = str(outputs.get("output", ""))
-    explicit = _CHOICE_ANSWER.findall(text)
-    letters = explicit or _CHOICE.findall(text)
-    got = letters[-1].upper() if letters else None
+    got = _choice(text)
     return {"key": "choice_match", "score": float(got == want),
             "comment": f"chose {got}, expected {want}" if got else "no option letter found"}
+
+
+def _choice(text: str) -> str | None:
+    if explicit := _CHOICE_ANSWER.findall(text):
+        return explicit[-1].upper()
+    if only := _CHOICE_ONLY.match(text):
+        return only.group(1)
+    if marked := _CHOICE_MARKED.findall(text):
+        return "".join(marked[-1])
+    words = [m for m in _CHOICE.finditer(text) if m.group(1) != "I"
+             and not (m.group(1) == "A" and re.match(r"A [a-z]", text[m.start():]))]
+    return words[-1].group(1) if words else None
 
 
 def _norm(s: str) -> str:

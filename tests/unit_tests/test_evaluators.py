@@ -91,6 +91,11 @@ def test_contains_answer(output: str, ref: dict, score: float) -> None:
         ("Options A and C are wrong; I pick D", "D", 1.0),  # last standalone letter
         ("A", "B", 0.0),
         ("none of them", "B", 0.0),
+        ("C. Because I said so", "C", 1.0),  # not the word "I"
+        ("B) 42\nI hope this helps", "B", 1.0),
+        ("I'd say (C), since A is too small", "C", 1.0),  # a marked letter wins
+        ("A dog can't fly, so D", "D", 1.0),  # not the article "A"
+        ("It must be B, I think", "B", 1.0),
     ],
 )
 def test_choice_match(output: str, answer: str, score: float) -> None:
