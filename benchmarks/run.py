@@ -13,6 +13,7 @@ Run (starts the embedded local LLM if GRADSUM_LOCAL_BASE_URL is not set):
     python -m langchain_gradsum.local_llm run -- \\
         python benchmarks/run.py --tasks svamp --optimizers initial gradsum copro
     python benchmarks/run.py table        # regenerate the README table from results/runs
+    python benchmarks/run.py rescore [TASK...]  # re-apply the metrics to stored outputs
 
 Results: benchmarks/results/runs/<task>__<optimizer>.json (one per run, overwritten by a
 re-run with the same task/optimizer; the date and settings are inside).
@@ -615,6 +616,38 @@ def prompts_md(results_dir: Path = RESULTS) -> str:
     return "\n".join(out)
 
 
+def rescore(tasks: list[str], results_dir: Path = RESULTS,
+            data_dir: Path = DEFAULT_DATA) -> list[Path]:
+    """Re-apply each task's current metric to the stored test outputs (no LLM call),
+    e.g. after a metric fix, so every row of the table is scored the same way."""
+    done = []
+    for path in sorted(results_dir.glob("*.json")):
+        r = json.loads(path.read_text(encoding="utf-8"))
+        if r["task"] not in tasks or not r.get("test_rows"):
+            continue
+        task = TASKS[r["task"]]
+        st = r["settings"]
+        test = split_rows(load_rows(data_dir, task), task, st["seed"], st["train"], st["val"],
+                          st["test"])["test"]
+        if len(test) != len(r["test_rows"]):
+            raise ValueError(f"{path}: {len(r['test_rows'])} stored rows, split has {len(test)}")
+        for row, stored in zip(test, r["test_rows"], strict=True):
+            stored["score"], stored["comment"] = score(task, row, stored["output"])
+        k = sum(x["score"] for x in r["test_rows"])
+        lo, hi = wilson(k, len(test))
+        before = r["test_correct"]
+        r.update(test_score=k / len(test), test_correct=k,
+                 ci95_wilson=[round(lo, 3), round(hi, 3)])
+        if k != before:
+            r.setdefault("rescored", []).append(
+                {"date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                 "test_correct_before": before, "test_correct_after": k})
+        path.write_text(json.dumps(r, indent=2, ensure_ascii=False, default=str),
+                        encoding="utf-8")
+        done.append(path)
+    return done
+
+
 def update_readme() -> None:
     text = README.read_text(encoding="utf-8")
     block = (f"{TABLE_BEGIN}\n{table()}\n\n<details><summary>Final prompts / instructions"
@@ -633,6 +666,12 @@ def update_readme() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["table"]:
+        update_readme()
+        print(table())
+        return 0
+    if argv[:1] == ["rescore"]:
+        for path in rescore(argv[1:] or sorted(TASKS)):
+            print(f"rescored {path}")
         update_readme()
         print(table())
         return 0
