@@ -342,7 +342,6 @@ def _split_score(records: Mapping[str, Record], cid: str, split: str, n: int) ->
     return sum(scores) / n  # type: ignore[arg-type]
 
 
-
 def new_candidate(
     cid: str, template: str, *, parent_id: str | None, iteration: int, summary: str | None
 ) -> Candidate:
