@@ -119,6 +119,8 @@ Write an improved prompt that fixes the problems in the feedback.
 - Address the assistant directly, as instructions ("Solve...", "Answer...").
 - Keep the placeholder {variables} where the input goes: it is replaced by each real input.
 - Give instructions that work for every input; do not solve an example yourself.
+- State the requirements of the task above in the prompt, such as the form the reply \
+must take.
 - Do not copy example questions or answers into the prompt.
 {variant}
 Reply with only the improved prompt, between <prompt> and </prompt>."""
