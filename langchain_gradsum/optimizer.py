@@ -582,8 +582,9 @@ def _graceful_sigint(event: threading.Event) -> Iterator[Callable[[Stream], Iter
     a worker thread while the main thread polls for its chunks: Python runs signal
     handlers only in the main thread, and only when it runs, so a main thread
     blocked inside LangGraph for a whole step (minutes on a slow model) would not
-    see Ctrl-C until the step ends. The caller of a hard stop gets everything
-    finished so far; the abandoned step's calls still land in the cache.
+    see Ctrl-C until the step ends. A hard stop returns everything finished so
+    far; calls still in flight then finish in the background unrecorded (that is
+    what a second Ctrl-C asks for).
     """
     if threading.current_thread() is not threading.main_thread():
         yield lambda stream: iter(stream())
@@ -615,8 +616,9 @@ def _in_worker_thread(stream: Stream) -> Iterator[Any]:
     abandoned = threading.Event()
 
     def produce() -> None:
-        it = iter(stream())
+        it: Any = None
         try:
+            it = iter(stream())
             for item in it:
                 if abandoned.is_set():
                     break

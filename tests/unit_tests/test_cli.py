@@ -237,8 +237,8 @@ def test_help_is_complete() -> None:
                  "--candidates-per-prompt", "--max-iterations", "--minibatch-size",
                  "--patience", "--target-score", "--max-llm-calls", "--max-concurrency",
                  "--no-summarize", "--seed", "--out", "--max-gradients-per-prompt",
-                 "--max-retries", "--no-repair", "--allow-copied-examples", "numeric_match", "exact_match",
-                 "contains_answer", "choice_match", "@FILE", "local"):
+                 "--max-retries", "--no-repair", "--allow-copied-examples", "numeric_match",
+                 "exact_match", "contains_answer", "choice_match", "@FILE", "local"):
         assert flag in res.output, flag
     res = runner.invoke(app, ["report", "--help"])
     assert res.exit_code == 0 and "--output" in res.output

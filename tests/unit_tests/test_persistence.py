@@ -232,3 +232,23 @@ def test_no_api_key_in_checkpoint_cache_or_result(tmp_path: Path,
     assert any(f.name.startswith("run.sqlite") for f in files)
     for f in files:
         assert planted.encode() not in f.read_bytes(), f.name
+
+
+def test_the_worker_thread_stream_hands_over_items_and_errors() -> None:
+    from langchain_gradsum.optimizer import _in_worker_thread
+
+    def fails_at_once() -> Any:
+        raise ValueError("at once")
+
+    def fails_later() -> Any:
+        yield 1
+        yield 2
+        raise KeyError("later")
+
+    with pytest.raises(ValueError, match="at once"):
+        list(_in_worker_thread(fails_at_once))
+    got: list[int] = []
+    with pytest.raises(KeyError, match="later"):
+        for item in _in_worker_thread(fails_later):
+            got.append(item)
+    assert got == [1, 2]
