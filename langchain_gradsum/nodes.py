@@ -29,7 +29,6 @@ from langchain_gradsum._templates import (
 )
 from langchain_gradsum.data import minibatch_indices
 from langchain_gradsum.evaluators import EvalResult, EvaluatorError, JudgeVerdict, run_evaluator
-from langchain_gradsum.prompts import EDIT_VARIANTS
 from langchain_gradsum.state import (
     Candidate,
     Example,
@@ -215,11 +214,12 @@ def edit(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str,
     _, _, optimizer_model = _models(ctx)
     required = template_variables(state["prompt"])
     n = ctx.candidates_per_prompt if ctx.summarize else 1
+    variants = ctx.meta_prompts.edit_variants
 
     def rewrite(job: tuple[str, int, str]) -> str:
         cid, k, fb = job
         variant = "" if n == 1 else (
-            f"- This is version {k + 1} of {n}: {EDIT_VARIANTS[k % len(EDIT_VARIANTS)]}"
+            f"- This is version {k + 1} of {n}: {variants[k % len(variants)]}"
         )
         message = ctx.meta_prompts.edit.format(
             task_description=ctx.task_description or "(not given)",

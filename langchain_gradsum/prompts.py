@@ -138,15 +138,24 @@ even from a deterministic editor; the same ask twice gives duplicates."""
 
 @dataclass(frozen=True)
 class MetaPrompts:
-    """The four meta-prompts. Replace any to change how a module talks to its LLM."""
+    """The four meta-prompts, and the asks that make an edit's children differ.
+    Replace any to change how a module talks to its LLM."""
 
     judge: str = JUDGE_PROMPT
     gradient: str = GRADIENT_PROMPT
     summarize: str = SUMMARY_PROMPT
     edit: str = EDIT_PROMPT
+    edit_variants: tuple[str, ...] = EDIT_VARIANTS
 
     def __post_init__(self) -> None:
+        variants = self.edit_variants
+        if (not isinstance(variants, tuple | list) or not variants
+                or not all(isinstance(v, str) and v.strip() for v in variants)):
+            raise TypeError("MetaPrompts.edit_variants must be a non-empty tuple of strings")
+        object.__setattr__(self, "edit_variants", tuple(variants))
         for f in fields(self):
+            if f.name == "edit_variants":
+                continue
             default = f.default
             text = getattr(self, f.name)
             if not isinstance(text, str):

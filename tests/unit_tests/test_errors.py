@@ -175,6 +175,9 @@ def test_meta_prompt_override_with_the_wrong_fields() -> None:
         MetaPrompts(edit="{prompt} {variables}")
     with pytest.raises(ValueError, match="not a valid str.format template"):
         MetaPrompts(judge="{criteria} {output} {")
+    for bad in ((), ("ok", ""), "a string", ("ok", 3)):
+        with pytest.raises(TypeError, match="edit_variants must be a non-empty tuple"):
+            MetaPrompts(edit_variants=bad)  # type: ignore[arg-type]
 
 
 def test_budget_too_small_for_one_iteration_states_the_need(model: Any) -> None:

@@ -351,6 +351,19 @@ def test_edit_writes_candidates_per_prompt_children_of_each_parent() -> None:
     assert [e["event"] for e in rt.events] == ["candidate"] * 6
 
 
+def test_edit_uses_overridden_variants() -> None:
+    from langchain_gradsum import MetaPrompts
+
+    model = scripted()
+    state = loop_state(candidates={"c0": cand("c0", summaries={"0": "S"})})
+    ctx = context(model, candidates_per_prompt=3, max_concurrency=1,
+                  meta_prompts=MetaPrompts(edit_variants=["ASK-ONE", "ASK-TWO"]))
+    edit(state, FakeRuntime(ctx), {})
+    edits = calls_of(model, "edit")
+    assert ["ASK-ONE" in t for t in edits] == [True, False, True]
+    assert ["ASK-TWO" in t for t in edits] == [False, True, False]
+
+
 def test_edit_applies_the_variable_guard() -> None:
     replies = iter([
         "Sure!\n<prompt>Think, then answer {question} in {format}.</prompt>",  # invented var
