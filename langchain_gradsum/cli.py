@@ -347,6 +347,9 @@ def optimize(
     allow_copied_examples: Annotated[bool, typer.Option(
         "--allow-copied-examples", help="Keep edited prompts that paste in a train/val "
         "input (rejected by default: they overfit and leak data).")] = False,
+    no_edit_retry: Annotated[bool, typer.Option(
+        "--no-edit-retry", help="Do not re-ask the editor when its prompt is rejected "
+        "or repeats an earlier one.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the minibatch sampling.")] = 0,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Directory to write result.json and report.html into.",
@@ -412,6 +415,7 @@ def optimize(
             summarize=not no_summarize,
             repair_missing_variables=not no_repair,
             reject_copied_examples=not allow_copied_examples,
+            retry_unusable_edits=not no_edit_retry,
             seed=seed,
         )
         _check_settings(knobs, template, train_rows, val_rows)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
 
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
@@ -194,7 +195,9 @@ def edit(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str,
     """Rewrite each candidate from its summary into `candidates_per_prompt` new prompts.
 
     With ``summarize=False`` (the paper's ablation) each new prompt comes from
-    a single gradient instead. Every new prompt passes the variable guard.
+    a single gradient instead. Every new prompt passes the variable guard and the
+    copied-example check and differs from every earlier prompt; an edit that does not
+    is re-asked once, told why (``retry_unusable_edits``).
     """
     ctx = runtime.context
     if reason := _halted(state, ctx):
@@ -216,49 +219,87 @@ def edit(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str,
     n = ctx.candidates_per_prompt if ctx.summarize else 1
     variants = ctx.meta_prompts.edit_variants
 
-    def rewrite(job: tuple[str, int, str]) -> str:
+    def ask(job: tuple[str, int, str]) -> str:
         cid, k, fb = job
         variant = "" if n == 1 else (
             f"- This is version {k + 1} of {n}: {variants[k % len(variants)]}"
         )
-        message = ctx.meta_prompts.edit.format(
+        return ctx.meta_prompts.edit.format(
             task_description=ctx.task_description or "(not given)",
             prompt=state["candidates"][cid]["template"],
             feedback=fb,
             variables=", ".join("{" + v + "}" for v in required),
             variant=variant,
         )
-        return caller.text("edit", optimizer_model, message, iteration=it, candidate_id=cid,
-                           variant=k)
 
-    results = caller.map(rewrite, jobs)
-    stop = _check_failures(caller, results, "edit")
+    def rewrite(job: tuple[str, int, str]) -> str:
+        return caller.text("edit", optimizer_model, ask(job), iteration=it,
+                           candidate_id=job[0], variant=job[1])
+
     seen = {_normalize(c["template"]) for c in state["candidates"].values()}
     examples = [_show_inputs(ex) for ex in [*state["train"], *(state.get("val") or [])]] \
         if ctx.reject_copied_examples else []
-    children: dict[str, Candidate] = {}
-    next_id = len(state["candidates"])
-    for (cid, _, fb), res in zip(jobs, results, strict=True):
-        if not isinstance(res, str):
-            continue
-        template, status = heal_template(extract_prompt(res), required,
+
+    def check(cid: str, reply: str) -> tuple[str | None, str | None]:
+        """The usable new prompt in a reply, or why it cannot be used (and counts it)."""
+        template, status = heal_template(extract_prompt(reply), required,
                                          append_missing=ctx.repair_missing_variables)
+        why = None
         if template is None:
             caller.count("rejected_candidates")
-            runtime.stream_writer({"event": "rejected", "parent": cid, "why": status})
-            continue
-        if examples and (copied := copied_example(template, examples,
-                                                  original=state["prompt"])) is not None:
+            why = status
+        elif examples and (copied := copied_example(template, examples,
+                                                    original=state["prompt"])) is not None:
             caller.count("rejected_candidates")
-            runtime.stream_writer({"event": "rejected", "parent": cid,
-                                   "why": f"rejected: copies example {copied} of the data"})
-            continue
+            why = f"rejected: copies example {copied} of the data"
+        elif _normalize(template) in seen:
+            caller.count("duplicate_candidates")
+            return None, "duplicate: the same as a prompt already tried"
+        if why is not None:
+            runtime.stream_writer({"event": "rejected", "parent": cid, "why": why})
+            return None, why
         if status == "repaired":
             caller.count("repaired_candidates")
-        if _normalize(template) in seen:
-            caller.count("duplicate_candidates")
-            continue
         seen.add(_normalize(template))
+        return template, None
+
+    results = caller.map(rewrite, jobs)
+    stop = _check_failures(caller, results, "edit")
+    usable: dict[int, str] = {}  # job index -> new prompt
+    unusable: list[tuple[int, str, str]] = []  # (job index, reply, why)
+    for j, res in enumerate(results):
+        if isinstance(res, str):
+            template, why = check(jobs[j][0], res)
+            if template is not None:
+                usable[j] = template
+            else:
+                unusable.append((j, res, why or ""))
+    # One more try for each unusable reply, told why. Its child was budgeted (scoring
+    # it costs at least one call), so the retry fits the iteration's plan.
+    remaining = caller.budget.remaining
+    if ctx.retry_unusable_edits and not stop and unusable:
+        retries = unusable if remaining is None else unusable[:remaining]
+
+        def retry(item: tuple[int, str, str]) -> str:
+            j, reply, why = item
+            cid, k, _ = jobs[j]
+            messages = [HumanMessage(ask(jobs[j])), AIMessage(reply),
+                        HumanMessage(ctx.meta_prompts.edit_retry.format(why=why))]
+            caller.count("edit_retries")
+            return caller.text("edit", optimizer_model, messages, iteration=it,
+                               candidate_id=cid, variant=k, retry=True)
+
+        for (j, _, _), res in zip(retries, caller.map(retry, retries), strict=True):
+            if isinstance(res, str):
+                template, _ = check(jobs[j][0], res)
+                if template is not None:
+                    usable[j] = template
+            elif not isinstance(res, BudgetExhausted):
+                caller.count("failed_calls")
+    children: dict[str, Candidate] = {}
+    next_id = len(state["candidates"])
+    for j, template in sorted(usable.items()):
+        cid, _, fb = jobs[j]
         child_id = f"c{next_id}"
         next_id += 1
         children[child_id] = new_candidate(child_id, template, parent_id=cid, iteration=it + 1,

@@ -158,6 +158,9 @@ class GradSumOptimizer:
         reject_copied_examples: Reject an edited prompt that pastes in 8+ consecutive
             words of a training or validation input (it would overfit that example and
             leak data); ``False`` allows few-shot style prompts built from the data.
+        retry_unusable_edits: Re-ask the editor once, saying why, when its new prompt
+            was rejected or repeats an earlier prompt (the call comes out of the
+            scoring budget of the child that did not come about).
         seed: Seed of the minibatch sampling.
         meta_prompts: Override the judge/gradient/summary/edit prompts.
     """
@@ -186,6 +189,7 @@ class GradSumOptimizer:
         summarize: bool = True,
         repair_missing_variables: bool = True,
         reject_copied_examples: bool = True,
+        retry_unusable_edits: bool = True,
         seed: int = 0,
         meta_prompts: MetaPrompts | None = None,
     ) -> None:
@@ -245,6 +249,7 @@ class GradSumOptimizer:
             summarize=summarize,
             repair_missing_variables=repair_missing_variables,
             reject_copied_examples=reject_copied_examples,
+            retry_unusable_edits=retry_unusable_edits,
             seed=seed,
             meta_prompts=meta_prompts or MetaPrompts(),
         )

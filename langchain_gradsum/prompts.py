@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 
 __all__ = [
     "EDIT_PROMPT",
+    "EDIT_RETRY_PROMPT",
     "EDIT_VARIANTS",
     "GRADIENT_PROMPT",
     "JUDGE_PROMPT",
@@ -107,15 +108,16 @@ You are improving a prompt that instructs an AI assistant.
 
 Task of the assistant: {task_description}
 
-Current prompt:
-<prompt>
+Current prompt (between the tags):
+<current_prompt>
 {prompt}
-</prompt>
+</current_prompt>
 
 Feedback on the current prompt:
 {feedback}
 
-Write an improved prompt that fixes the problems in the feedback.
+Write an improved prompt that fixes the problems in the feedback: keep what works, \
+and add in words the instructions the feedback asks for.
 - Address the assistant directly, as instructions ("Solve...", "Answer...").
 - Keep the placeholder {variables} where the input goes: it is replaced by each real input.
 - Give instructions that work for every input; do not solve an example yourself.
@@ -123,7 +125,12 @@ Write an improved prompt that fixes the problems in the feedback.
 must take.
 - Do not copy example questions or answers into the prompt.
 {variant}
-Reply with only the improved prompt, between <prompt> and </prompt>."""
+Reply with only the improved prompt, between <prompt> and </prompt>; it must differ \
+from the current prompt."""
+
+EDIT_RETRY_PROMPT = """\
+That prompt cannot be used ({why}). Write a different improved prompt that follows \
+the rules above. Reply with only the prompt, between <prompt> and </prompt>."""
 
 EDIT_VARIANTS = (
     "make the smallest change that fixes the problems.",
@@ -138,7 +145,8 @@ even from a deterministic editor; the same ask twice gives duplicates."""
 
 @dataclass(frozen=True)
 class MetaPrompts:
-    """The four meta-prompts, and the asks that make an edit's children differ.
+    """The four meta-prompts, the edit's retry message, and the asks that make an
+    edit's children differ.
     Replace any to change how a module talks to its LLM."""
 
     judge: str = JUDGE_PROMPT
@@ -146,6 +154,7 @@ class MetaPrompts:
     summarize: str = SUMMARY_PROMPT
     edit: str = EDIT_PROMPT
     edit_variants: tuple[str, ...] = EDIT_VARIANTS
+    edit_retry: str = EDIT_RETRY_PROMPT
 
     def __post_init__(self) -> None:
         variants = self.edit_variants
@@ -185,6 +194,7 @@ _OPTIONAL = {
     "gradient": {"task_description", "reference", "score", "feedback", "inputs"},
     "summarize": {"task_description"},
     "edit": {"task_description", "variant"},
+    "edit_retry": {"why"},
 }
 
 

@@ -176,6 +176,9 @@ class GradSumContext:
     """Append a lost placeholder to an edited prompt instead of rejecting it."""
     reject_copied_examples: bool = True
     """Reject an edited prompt that pastes in text of a train/val input (8+ words)."""
+    retry_unusable_edits: bool = True
+    """Re-ask the editor once, saying why, when its prompt was rejected or repeats
+    an earlier prompt (one more call, taken from the unused child's scoring budget)."""
     seed: int = 0
     meta_prompts: MetaPrompts = field(default_factory=MetaPrompts)
     prompt_slot: Any = None

@@ -34,14 +34,18 @@ def test_one_iteration_returns_a_valid_prompt(local_base_url: str) -> None:
     assert result.best_prompt.format(question="2+2?")  # renders
     assert result.total_calls <= 20
     assert result.stop_reason in {"max_iterations", "budget"}
-    # The editor ran and its output went through the variable guard: either a new
-    # candidate exists, or the guard rejected/deduplicated what the model wrote.
+    # The editor ran and every reply went through the variable guard: each edit call
+    # either made a new candidate or was rejected/deduplicated. An unusable first reply
+    # is re-asked once (retry_unusable_edits), so there are one or two edit calls.
     made = len(result.candidates) - 1
     guarded = result.counters.get("rejected_candidates", 0) + result.counters.get(
         "duplicate_candidates", 0
     )
-    assert result.usage["edit"]["calls"] == 1
-    assert made + guarded == 1
+    edit_calls = result.usage["edit"]["calls"]
+    assert edit_calls == 1 + result.counters.get("edit_retries", 0)
+    assert edit_calls in {1, 2}
+    assert made + guarded == edit_calls
+    assert made <= 1
     assert result.best_score is not None and result.initial_score is not None
     assert result.best_score >= result.initial_score
     assert result.usage["generate"]["input_tokens"] > 0

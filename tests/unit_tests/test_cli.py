@@ -113,12 +113,14 @@ def test_every_knob_flag_reaches_the_optimizer(fake_local: dict[str, Any],
     out = tmp_path / "run"
     res = runner.invoke(app, [*base_args(data), "--out", str(out), "--quiet",
                               "--max-gradients-per-prompt", "1", "--max-retries", "0",
-                              "--no-repair", "--allow-copied-examples", "--no-summarize"])
+                              "--no-repair", "--allow-copied-examples", "--no-summarize",
+                              "--no-edit-retry"])
     assert res.exit_code == 0, res.output
     settings = json.loads((out / "result.json").read_text(encoding="utf-8"))["run"]["settings"]
     assert settings["max_gradients_per_prompt"] == 1 and settings["max_retries"] == 0
     assert settings["repair_missing_variables"] is False
     assert settings["reject_copied_examples"] is False and settings["summarize"] is False
+    assert settings["retry_unusable_edits"] is False
 
 
 def test_prompt_from_file_and_quiet(fake_local: dict[str, Any], data: dict[str, Path],
@@ -237,7 +239,8 @@ def test_help_is_complete() -> None:
                  "--candidates-per-prompt", "--max-iterations", "--minibatch-size",
                  "--patience", "--target-score", "--max-llm-calls", "--max-concurrency",
                  "--no-summarize", "--seed", "--out", "--max-gradients-per-prompt",
-                 "--max-retries", "--no-repair", "--allow-copied-examples", "numeric_match",
+                 "--max-retries", "--no-repair", "--allow-copied-examples", "--no-edit-retry",
+                 "numeric_match",
                  "exact_match", "contains_answer", "choice_match", "@FILE", "local"):
         assert flag in res.output, flag
     res = runner.invoke(app, ["report", "--help"])

@@ -374,7 +374,7 @@ def test_edit_applies_the_variable_guard() -> None:
     model = scripted(edit=lambda text: next(replies))
     state = loop_state(candidates={"c0": cand("c0", summaries={"0": "S"})})
     rt = FakeRuntime(context(model, candidates_per_prompt=4, max_concurrency=1,
-                             repair_missing_variables=False))
+                             repair_missing_variables=False, retry_unusable_edits=False))
 
     out = edit(state, rt, {})
 
@@ -407,6 +407,50 @@ def test_edit_repairs_a_lost_variable_by_appending_it_by_default() -> None:
     assert not [e for e in rt.events if e["event"] == "rejected"]
 
 
+def test_edit_re_asks_an_unusable_edit_once_saying_why() -> None:
+    replies = iter([
+        "<prompt>Q:   {question}</prompt>",  # same as c0: duplicate
+        "<prompt>Just answer.</prompt>",  # lost {question}
+        "<prompt>Answer {question} with a number.</prompt>",  # fine
+        # the two retries, in job order
+        "<prompt>Q: {question}</prompt>",  # a duplicate again: dropped for good
+        "<prompt>Answer {question} in one word.</prompt>",
+    ])
+    model = scripted(edit=lambda text: next(replies))
+    state = loop_state(candidates={"c0": cand("c0", summaries={"0": "S"})})
+    rt = FakeRuntime(context(model, candidates_per_prompt=3, max_concurrency=1,
+                             repair_missing_variables=False))
+
+    out = edit(state, rt, {})
+
+    children = [(cid, c["template"]) for cid, c in out["candidates"].items()]
+    # the retried second job keeps its place, before the third job's child
+    assert children == [("c1", "Answer {question} in one word."),
+                        ("c2", "Answer {question} with a number.")]
+    assert out["counters"] == {"duplicate_candidates": 2, "rejected_candidates": 1,
+                               "edit_retries": 2}
+    assert out["usage"]["edit"]["calls"] == 5
+    first, second = calls_of(model, "edit")[3:]
+    # a retry shows the editor its own reply and the reason
+    assert "<prompt>Q:   {question}</prompt>" in first and "duplicate" in first
+    assert "Just answer." in second and "rejected: lost {question}" in second
+
+
+def test_edit_retries_only_within_the_budget_and_can_be_switched_off() -> None:
+    def run(**settings: Any) -> tuple[dict[str, Any], Any]:
+        model = scripted(edit=lambda text: "<prompt>Q: {question}</prompt>")  # always c0
+        state = loop_state(candidates={"c0": cand("c0", summaries={"0": "S"})})
+        return edit(state, FakeRuntime(context(model, candidates_per_prompt=2,
+                                                max_concurrency=1, **settings)), {}), model
+
+    out, model = run(retry_unusable_edits=False)
+    assert len(calls_of(model, "edit")) == 2 and "edit_retries" not in out["counters"]
+    # 2 edits + the final reserve (2 train rows x (c0 + 3 beam)) + 1 call: one retry fits
+    out, model = run(max_llm_calls=2 + 8 + 1, beam_width=3)
+    assert len(calls_of(model, "edit")) == 3 and out["counters"]["edit_retries"] == 1
+    assert out["candidates"] == {} and "stop_reason" not in out
+
+
 QUESTION = "Natalia sold clips to 48 of her friends in April, and then half as many in May."
 
 
@@ -421,7 +465,7 @@ def test_edit_rejects_a_prompt_that_pastes_in_a_training_question(allow: bool) -
     train = [{"inputs": {"question": QUESTION}, "outputs": {"answer": "72"}}, *qa_rows(1)]
     state = loop_state(train=train, candidates={"c0": cand("c0", summaries={"0": "S"})})
     rt = FakeRuntime(context(model, candidates_per_prompt=2, max_concurrency=1,
-                             reject_copied_examples=not allow))
+                             reject_copied_examples=not allow, retry_unusable_edits=False))
 
     out = edit(state, rt, {})
 
