@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import json
+import os
+import subprocess
 import sys
+import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +23,7 @@ from langchain_gradsum.local_llm import (
     LocalLLMServer,
     assemble_model,
     local_chat_model,
+    server_is_ready,
 )
 
 CHUNKS = [b"alpha-", b"beta-", b"gamma"]
@@ -42,6 +49,14 @@ def _assemble(dest: Path, parts: list[Path], sha256: str | None = None) -> Path:
         expected_size=len(WHOLE),
         expected_sha256=sha256 or hashlib.sha256(WHOLE).hexdigest(),
     )
+
+
+def _write_script(path: Path, body: str) -> Path:
+    """An executable Python script at ``path`` (a stand-in for a binary)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!{sys.executable}\n{body}\n")
+    path.chmod(0o755)
+    return path
 
 
 def test_default_model_path_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -159,20 +174,54 @@ def test_local_chat_model_without_url_explains_fix(monkeypatch: pytest.MonkeyPat
         local_chat_model()
 
 
-def test_server_command_has_required_flags(tmp_path: Path) -> None:
-    command = LocalLLMServer(tmp_path / "m.gguf", port=1234).command()
-    joined = " ".join(command)
-    assert command[:3] == [sys.executable, "-m", "llama_cpp.server"]
-    for flag in (
-        "--model_alias local",
-        "--host 127.0.0.1",
-        "--port 1234",
-        "--n_ctx 4096",
-        "--n_threads 2",
-        "--n_threads_batch 2",
-        "--interrupt_requests False",
-    ):
-        assert flag in joined
+@pytest.fixture
+def no_server_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in (local_llm.SLOTS_ENV, local_llm.THREADS_ENV, local_llm.SERVER_BINARY_ENV,
+                local_llm.BUILD_DIR_ENV, BASE_URL_ENV):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.usefixtures("no_server_env")
+def test_server_command_is_llama_server_on_loopback_with_slots(tmp_path: Path) -> None:
+    binary = tmp_path / "bin" / "llama-server"
+    command = LocalLLMServer(tmp_path / "m.gguf", port=1234, binary=binary).command()
+    assert command == [
+        str(binary), "-m", str(tmp_path / "m.gguf"), "--alias", "local",
+        "--host", "127.0.0.1", "--port", "1234",
+        "-c", "16384", "-np", "4", "-t", "2",
+    ]  # fmt: skip
+
+
+@pytest.mark.usefixtures("no_server_env")
+def test_slots_knob_sets_parallel_slots_and_total_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def flags(server: LocalLLMServer) -> tuple[str, str]:
+        command = server.command()
+        return command[command.index("-np") + 1], command[command.index("-c") + 1]
+
+    assert local_llm.default_slots() == local_llm.DEFAULT_SLOTS == 4
+    monkeypatch.setenv(local_llm.SLOTS_ENV, "2")
+    assert local_llm.default_slots() == 2
+    assert flags(LocalLLMServer(tmp_path / "m.gguf", port=1)) == ("2", "8192")
+    assert flags(LocalLLMServer(tmp_path / "m.gguf", port=1, slots=3)) == ("3", "12288")
+    monkeypatch.setenv(local_llm.THREADS_ENV, "1")
+    command = LocalLLMServer(tmp_path / "m.gguf", port=1).command()
+    assert command[command.index("-t") + 1] == "1"
+    monkeypatch.setenv(local_llm.SLOTS_ENV, "zero")
+    with pytest.raises(LocalLLMError, match="GRADSUM_LOCAL_SLOTS='zero'"):
+        local_llm.default_slots()
+
+
+@pytest.mark.usefixtures("no_server_env")
+def test_server_binary_defaults_to_cache_dir_and_env_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(local_llm.MODEL_DIR_ENV, str(tmp_path))
+    assert local_llm.server_binary() == tmp_path / "bin" / "llama-server"
+    assert LocalLLMServer(port=1).command()[0] == str(tmp_path / "bin" / "llama-server")
+    monkeypatch.setenv(local_llm.SERVER_BINARY_ENV, "/opt/llama/llama-server")
+    assert LocalLLMServer(port=1).command()[0] == "/opt/llama/llama-server"
 
 
 def test_server_that_exits_reports_log_tail(tmp_path: Path) -> None:
@@ -192,9 +241,17 @@ def test_server_that_exits_reports_log_tail(tmp_path: Path) -> None:
     assert not server.running
 
 
+def test_server_not_built_explains_fix(tmp_path: Path) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"x")
+    server = LocalLLMServer(tmp_path / "m.gguf", port=1, binary=tmp_path / "llama-server")
+    with pytest.raises(LocalLLMError, match="llama-server is not built.*local_llm build"):
+        server.start()
+
+
 def test_server_missing_model_file_explains_fix(tmp_path: Path) -> None:
-    server = LocalLLMServer(tmp_path / "absent.gguf", port=1)
-    with pytest.raises(LocalLLMError, match="(llama-cpp-python is not installed|assemble)"):
+    binary = _write_script(tmp_path / "llama-server", "print('unused')")
+    server = LocalLLMServer(tmp_path / "absent.gguf", port=1, binary=binary)
+    with pytest.raises(LocalLLMError, match="absent.gguf does not exist.*assemble"):
         server.start()
 
 
@@ -224,7 +281,8 @@ class _FakeServer:
         self.stopped = False
 
     @contextlib.contextmanager
-    def __call__(self, port: int | None = None) -> Iterator[str]:
+    def __call__(self, port: int | None = None, slots: int | None = None) -> Iterator[str]:
+        self.slots = slots
         try:
             yield "http://127.0.0.1:9/v1"
         finally:
@@ -277,6 +335,7 @@ def test_a_running_server_is_shared_not_started_twice(
 
     class FakeServer:
         base_url = "http://127.0.0.1:1/v1"
+        slots = 4
 
         def __init__(self, *args: object, **kwargs: object) -> None:
             pass
@@ -306,3 +365,416 @@ def test_a_running_server_is_shared_not_started_twice(
     with local_llm.running_local_llm():
         pass
     assert events == ["start", "stop", "start", "stop"]  # a dead registry entry is ignored
+
+
+# ------------------------------------------------------------- a fake llama-server
+
+# Parses llama-server's flags, records them, answers GET /health with 503 while it
+# "loads the model" (FAKE_LOADING_S seconds), then 200, like llama-server.
+FAKE_LLAMA_SERVER = r"""
+import argparse, json, os, sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+if sys.argv[1:] == ["--version"]:
+    print("version: 4242 (fake)", file=sys.stderr)
+    sys.exit(0)
+parser = argparse.ArgumentParser()
+for flag in ("-m", "--alias", "--host", "--port", "-c", "-np", "-t"):
+    parser.add_argument(flag, required=True)
+args = parser.parse_args()
+record = os.environ.get("FAKE_RECORD")
+if record:
+    with open(record, "a") as f:
+        f.write(json.dumps(sys.argv[1:]) + "\n")
+ready_at = time.monotonic() + float(os.environ.get("FAKE_LOADING_S", "0.6"))
+health = []
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        loading = time.monotonic() < ready_at
+        if self.path == "/health":
+            health.append(503 if loading else 200)
+            code, body = (503, {"error": {"message": "Loading model"}}) if loading else (
+                200, {"status": "ok", "probes": health})
+        elif self.path == "/v1/models" and not loading:
+            code, body = 200, {"object": "list", "data": [{"id": args.alias}]}
+        else:
+            code, body = 503 if loading else 404, {"error": "no"}
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *a):
+        print("request", *a, flush=True)
+
+print("main: loading model", flush=True)
+ThreadingHTTPServer((args.host, int(args.port)), Handler).serve_forever()
+"""
+
+
+@pytest.fixture
+def fake_llama_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fake llama-server installed where the real one is, and a dummy model file."""
+    monkeypatch.setenv(local_llm.MODEL_DIR_ENV, str(tmp_path / "cache"))
+    for var in (local_llm.SLOTS_ENV, local_llm.THREADS_ENV, local_llm.SERVER_BINARY_ENV,
+                BASE_URL_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("FAKE_RECORD", str(tmp_path / "argv.jsonl"))
+    (tmp_path / "cache").mkdir()
+    local_llm.default_model_path().write_bytes(b"gguf")
+    return _write_script(local_llm.server_binary(), FAKE_LLAMA_SERVER)
+
+
+def _recorded_argv(tmp_path: Path) -> list[list[str]]:
+    lines = (tmp_path / "argv.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_server_is_ready_only_when_health_says_200(
+    fake_llama_server: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LOADING_S", "1.0")
+    server = LocalLLMServer(slots=3).start()
+    try:
+        seen_loading = False
+        for _ in range(200):
+            if server_is_ready(server.base_url):
+                break
+            seen_loading = seen_loading or _health_status(server.base_url) == 503
+            assert server.running
+            time.sleep(0.05)
+        assert seen_loading  # it answered 503 (loading) before 200...
+        assert server.wait_ready(timeout=10) is server  # ...and is ready now
+        status, body = local_llm._http_get(server.base_url[:-3] + "/health", 2)
+        assert status == 200 and 503 in json.loads(body)["probes"]
+    finally:
+        server.stop()
+    assert not server.running
+    (argv,) = _recorded_argv(tmp_path)
+    assert argv == [
+        "-m", str(local_llm.default_model_path()), "--alias", "local",
+        "--host", "127.0.0.1", "--port", str(server.port),
+        "-c", "12288", "-np", "3", "-t", "2",
+    ]  # fmt: skip
+    assert "main: loading model" in server.log_path.read_text()  # type: ignore[union-attr]
+
+
+def _health_status(base_url: str) -> int | None:
+    try:
+        return local_llm._http_get(base_url[:-3] + "/health", 1)[0]
+    except OSError:
+        return None
+
+
+def test_server_without_health_endpoint_is_ready_if_it_lists_models(tmp_path: Path) -> None:
+    """Another OpenAI-compatible server (404 on /health) is judged by GET /v1/models."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        models = True
+
+        def do_GET(self) -> None:
+            ok = self.path == "/v1/models" and Handler.models
+            data = json.dumps({"data": []} if ok else {"detail": "Not Found"}).encode()
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        assert server_is_ready(url)
+        Handler.models = False
+        assert not server_is_ready(url)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert not server_is_ready(url)  # nothing listens any more
+
+
+def test_shared_server_across_processes(fake_llama_server: Path, tmp_path: Path) -> None:
+    """A second process's `run` shares the server the first started (one per machine)."""
+    with local_llm.running_local_llm(slots=2) as base_url:
+        registry = json.loads((tmp_path / "cache" / "server.json").read_text())
+        assert registry == {"base_url": base_url, "pid": os.getpid(), "slots": 2}
+        script = f"import os; print(os.environ['{BASE_URL_ENV}'])"
+        done = subprocess.run(
+            [sys.executable, "-m", "langchain_gradsum.local_llm", "run", "--",
+             sys.executable, "-c", script],
+            capture_output=True, text=True, timeout=120, env={**os.environ},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == base_url
+        assert f"sharing the running server {base_url}" in done.stderr
+        assert server_is_ready(base_url)  # the sharer did not stop it
+    assert len(_recorded_argv(tmp_path)) == 1  # one server started in all
+    assert not (tmp_path / "cache" / "server.json").exists()
+    assert not server_is_ready(base_url)
+
+
+# ------------------------------------------------------------ building llama-server
+
+# A fake cmake: `-S SRC -B DIR ARGS` writes DIR/CMakeCache.txt; `--build DIR ...
+# --target llama-server` prints progress and writes DIR/bin/llama-server (a script
+# whose --version answers). FAKE_CMAKE_FAIL=1 makes the compile fail like a missing
+# system header would. Every call is appended to $FAKE_CMAKE_CALLS.
+FAKE_CMAKE = r"""
+import json, os, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+with open(os.environ["FAKE_CMAKE_CALLS"], "a") as f:
+    f.write(json.dumps(args) + "\n")
+if args[0] == "-S":
+    src, build = Path(args[1]), Path(args[3])
+    assert (src / "CMakeLists.txt").is_file(), src
+    build.mkdir(parents=True, exist_ok=True)
+    defs = dict(a[2:].split("=", 1) for a in args[4:] if a.startswith("-D"))
+    (build / "CMakeCache.txt").write_text(
+        f"# fake\nCMAKE_HOME_DIRECTORY:INTERNAL={src}\n"
+        f"CMAKE_BUILD_TYPE:STRING={defs.get('CMAKE_BUILD_TYPE', '')}\n"
+        f"BUILD_SHARED_LIBS:BOOL={defs.get('BUILD_SHARED_LIBS', 'ON')}\n")
+    print("-- Configuring done")
+elif args[0] == "--build":
+    build = Path(args[1])
+    for n in range(0, 100, 7):
+        print(f"[{n:3d}%] Building CXX object src/unity_{n}.cxx.o")
+    if os.environ.get("FAKE_CMAKE_FAIL"):
+        print("fatal error: stdatomic.h: No such file or directory", flush=True)
+        print("gmake: *** [Makefile:146: all] Error 2", flush=True)
+        sys.exit(2)
+    (build / "bin").mkdir(exist_ok=True)
+    out = build / "bin" / "llama-server"
+    out.write_text(f"#!{sys.executable}\nimport sys\n"
+                   "print('version: 4242 (fake)', file=sys.stderr)\n")
+    out.chmod(0o755)
+    print("[100%] Built target llama-server")
+else:
+    sys.exit(f"fake cmake: unexpected {args}")
+"""
+
+
+def _fake_sdist_bytes(version: str = local_llm.LLAMA_CPP_PYTHON_VERSION) -> bytes:
+    root = f"llama_cpp_python-{local_llm.LLAMA_CPP_PYTHON_VERSION}"
+    files = {
+        f"{root}/PKG-INFO": f"Metadata-Version: 2.1\nName: llama_cpp_python\nVersion: {version}\n",
+        f"{root}/vendor/llama.cpp/CMakeLists.txt": "project(llama.cpp)\n",
+        f"{root}/vendor/llama.cpp/tools/server/server.cpp": "int main() {}\n",
+        f"{root}/llama_cpp/__init__.py": "raise SystemExit('the python package is not needed')\n",
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class Toolchain:
+    """The fake cmake + compiler on PATH, a fake sdist download, and what they did."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.tmp_path = tmp_path
+        self.calls_file = tmp_path / "cmake-calls.jsonl"
+        self.calls_file.touch()
+        self.downloads = 0
+        bin_dir = tmp_path / "toolbin"
+        _write_script(bin_dir / "cmake", FAKE_CMAKE)
+        _write_script(bin_dir / "c++", "")
+        monkeypatch.setenv("PATH", str(bin_dir))
+        monkeypatch.setenv("FAKE_CMAKE_CALLS", str(self.calls_file))
+        monkeypatch.setenv(local_llm.MODEL_DIR_ENV, str(tmp_path / "cache"))
+        monkeypatch.delenv(local_llm.BUILD_DIR_ENV, raising=False)
+        monkeypatch.delenv(local_llm.SERVER_BINARY_ENV, raising=False)
+        self.sdist = _fake_sdist_bytes()
+        monkeypatch.setattr(local_llm, "SDIST_SHA256", hashlib.sha256(self.sdist).hexdigest())
+        monkeypatch.setattr(local_llm, "_download_sdist", self._download)
+
+    def _download(self, directory: Path, log: object) -> None:
+        self.downloads += 1
+        name = f"llama_cpp_python-{local_llm.LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+        (directory / name).write_bytes(self.sdist)
+
+    @property
+    def calls(self) -> list[list[str]]:
+        return [json.loads(line) for line in self.calls_file.read_text().splitlines()]
+
+
+@pytest.fixture
+def toolchain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Toolchain:
+    return Toolchain(tmp_path, monkeypatch)
+
+
+def test_build_configures_pinned_source_installs_verifies_and_stamps(
+    toolchain: Toolchain, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary = local_llm.build_server(jobs=2)
+    cache = tmp_path / "cache"
+    assert binary == cache / "bin" / "llama-server" == local_llm.server_binary()
+    assert os.access(binary, os.X_OK)
+    configure, compile_ = toolchain.calls
+    work = cache / "build"
+    sdist_root = work / f"llama_cpp_python-{local_llm.LLAMA_CPP_PYTHON_VERSION}"
+    source = sdist_root / "vendor" / "llama.cpp"
+    assert configure == ["-S", str(source), "-B", str(work / "cmake-build"),
+                         *local_llm.CMAKE_ARGS]  # fmt: skip
+    for flag in ("-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
+                 "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                 "-DBUILD_SHARED_LIBS=OFF"):
+        assert flag in configure
+    assert compile_ == ["--build", str(work / "cmake-build"), "-j", "2",
+                        "--target", "llama-server"]  # fmt: skip
+    stamp = local_llm.read_build_stamp()
+    assert stamp is not None
+    assert stamp["version"] == "4242 (fake)"
+    assert stamp["llama_cpp_python"] == local_llm.LLAMA_CPP_PYTHON_VERSION
+    assert stamp["sdist_sha256"] == local_llm.SDIST_SHA256
+    assert stamp["binary_sha256"] == hashlib.sha256(binary.read_bytes()).hexdigest()
+    assert not work.exists()  # sources and objects are removed; the binary is kept
+    err = capsys.readouterr().err
+    assert "compiling llama-server: 0%" in err and "installed in" in err
+    log = (cache / "logs" / "build-llama-server.log").read_text()
+    assert "[100%] Built target llama-server" in log
+
+
+def test_build_reuses_finished_build_and_rebuilds_when_stale(
+    toolchain: Toolchain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    binary = local_llm.build_server()
+    assert (len(toolchain.calls), toolchain.downloads) == (2, 1)
+    assert local_llm.build_server() == binary  # current: nothing downloaded or compiled
+    assert local_llm.main(["build"]) == 0
+    assert (len(toolchain.calls), toolchain.downloads) == (2, 1)
+
+    stamp_path = binary.with_name("llama-server.stamp.json")
+    stamp = json.loads(stamp_path.read_text())
+    stamp_path.write_text(json.dumps({**stamp, "llama_cpp_python": "0.3.35"}))
+    local_llm.build_server()  # another version's build: rebuilt
+    assert len(toolchain.calls) == 4
+
+    binary.write_text("#!/bin/sh\necho tampered\n")
+    local_llm.build_server()  # the binary is not the stamped one: rebuilt
+    assert len(toolchain.calls) == 6
+
+    monkeypatch.setattr(local_llm, "_cpu_signature", lambda: "another-cpu")
+    local_llm.build_server()  # a native build from another kind of CPU: rebuilt
+    assert len(toolchain.calls) == 8
+
+    local_llm.build_server(force=True)
+    assert len(toolchain.calls) == 10
+    assert toolchain.downloads == 5
+
+
+def test_build_failure_shows_log_tail_and_what_to_install(
+    toolchain: Toolchain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_CMAKE_FAIL", "1")
+    with pytest.raises(LocalLLMError) as info:
+        local_llm.build_server()
+    message = str(info.value)
+    assert "compile" in message and "exited with code 2" in message
+    assert "fatal error: stdatomic.h: No such file or directory" in message  # the log's tail
+    assert "build-llama-server.log" in message
+    assert "cmake" in message and "g++" in message and "apt-get install cmake g++" in message
+    assert not local_llm.server_binary().exists()
+    assert local_llm.read_build_stamp() is None
+    assert local_llm.main(["build"]) == 1  # the CLI prints the same error
+
+
+def test_build_without_cmake_says_what_to_install(
+    toolchain: Toolchain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "toolbin" / "cmake").unlink()
+    with pytest.raises(LocalLLMError, match=r"cmake is not installed.*apt-get install cmake g\+\+"):
+        local_llm.build_server()
+    assert toolchain.downloads == 0
+
+
+def test_build_refuses_sdist_with_wrong_sha256(
+    toolchain: Toolchain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(local_llm, "SDIST_SHA256", "0" * 64)
+    with pytest.raises(LocalLLMError, match="expected 0{64}: it is not the pinned source"):
+        local_llm.build_server()
+    assert toolchain.calls == []
+    assert not list((tmp_path / "cache" / "build").glob("*.tar.gz"))
+
+
+def _configured_build_dir(tmp_path: Path, version: str) -> Path:
+    """A build dir configured (by the fake cmake) from an unpacked sdist of ``version``."""
+    sdist_root = tmp_path / "elsewhere" / f"llama_cpp_python-{version}"
+    source = sdist_root / "vendor" / "llama.cpp"
+    source.mkdir(parents=True)
+    (source / "CMakeLists.txt").write_text("project(llama.cpp)\n")
+    (sdist_root / "PKG-INFO").write_text(f"Version: {version}\n")
+    build = tmp_path / "elsewhere" / "build"
+    subprocess.run(["cmake", "-S", str(source), "-B", str(build), *local_llm.CMAKE_ARGS],
+                   check=True, capture_output=True)  # fmt: skip
+    return build
+
+
+def test_build_reuses_existing_build_dir_from_env(
+    toolchain: Toolchain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build = _configured_build_dir(tmp_path, local_llm.LLAMA_CPP_PYTHON_VERSION)
+    monkeypatch.setenv(local_llm.BUILD_DIR_ENV, str(build))
+    binary = local_llm.build_server(jobs=2)
+    assert toolchain.calls[-1] == ["--build", str(build), "-j", "2", "--target", "llama-server"]
+    assert len(toolchain.calls) == 2  # the configure above, then only `cmake --build`
+    assert toolchain.downloads == 0
+    assert binary.read_bytes() == (build / "bin" / "llama-server").read_bytes()
+    stamp = local_llm.read_build_stamp()
+    assert stamp is not None and stamp["build_dir"] == str(build)
+    assert (build / "bin" / "llama-server").exists()  # someone else's build dir is kept
+    monkeypatch.delenv(local_llm.BUILD_DIR_ENV)
+    local_llm.build_server()
+    assert len(toolchain.calls) == 2  # reused from then on, env var or not
+
+
+def test_build_dir_of_another_version_is_refused(
+    toolchain: Toolchain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build = _configured_build_dir(tmp_path, "0.3.1")
+    monkeypatch.setenv(local_llm.BUILD_DIR_ENV, str(build))
+    with pytest.raises(LocalLLMError, match="not the vendor/llama.cpp of llama-cpp-python"):
+        local_llm.build_server()
+
+
+def test_build_whose_binary_does_not_run_is_not_stamped(
+    toolchain: Toolchain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_install(built: Path, dest: Path) -> None:
+        _write_script(dest, "import sys; print('Illegal instruction'); sys.exit(132)")
+
+    monkeypatch.setattr(local_llm, "_install_binary", broken_install)
+    with pytest.raises(LocalLLMError, match=r"(?s)exit code 132.*Illegal instruction.*--force"):
+        local_llm.build_server()
+    assert local_llm.read_build_stamp() is None
+
+
+def test_status_reports_server_binary(
+    toolchain: Toolchain, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(BASE_URL_ENV, raising=False)
+    monkeypatch.setattr(local_llm, "find_parts", lambda: [])
+    local_llm.main(["status"])
+    assert "server binary:" in capsys.readouterr().out
+    local_llm.build_server()
+    capsys.readouterr()
+    assert local_llm.main(["status"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("server binary:"))
+    assert str(local_llm.server_binary()) in line
+    assert "4242 (fake)" in line and local_llm.LLAMA_CPP_PYTHON_VERSION in line
+    assert "slots:            4" in out
