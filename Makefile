@@ -1,7 +1,8 @@
 # langchain-gradsum: developer and CI entry points.
 #
 #   make test        unit tests, then integration tests against the embedded local LLM
-#   make local-llm   install the local extra and assemble + verify the model
+#   make local-llm   install the local extra, build llama-server (once: ~7 min on 2 cores),
+#                    assemble + verify the model
 #   make serve       run the local LLM server in the foreground (Ctrl-C to stop)
 #   make demo        run the demo against the local LLM
 #
@@ -40,11 +41,14 @@ install: $(STAMP)-install
 
 install-local: $(STAMP)-install-local
 
+# `build` compiles llama.cpp's llama-server from the pinned llama-cpp-python sdist into
+# ~/.cache/langchain-gradsum/bin (needs cmake and g++); a finished build is reused.
 local-llm: install-local
+	$(LOCAL) build
 	$(LOCAL) assemble
 	@$(LOCAL) status
 
-serve: install-local
+serve: local-llm
 	$(LOCAL) serve
 
 test-unit: install chromium
@@ -62,7 +66,7 @@ chromium:
 	  echo "could not install chromium: the report's browser test will be skipped"; \
 	fi
 
-test-integration: install-local
+test-integration: local-llm
 	$(LOCAL) run -- $(PY) -m pytest tests/integration_tests -m integration -q
 
 # The notebooks (notebooks/), executed top to bottom in a fresh kernel with the scripted
@@ -77,7 +81,7 @@ test-notebooks: install $(STAMP)-install-notebooks
 
 test: test-unit test-notebooks test-integration
 
-demo: install-local
+demo: local-llm
 	$(LOCAL) run -- $(PY) -m langchain_gradsum.demo
 
 lint:
@@ -85,8 +89,8 @@ lint:
 	elif command -v ruff >/dev/null 2>&1; then ruff check .; \
 	else echo "ruff is not installed; skipping lint (pip install ruff)"; fi
 
-# Keeps .venv (rebuilding llama-cpp-python takes minutes) and the assembled model
-# in ~/.cache/langchain-gradsum; `rm -rf .venv` for a full reset.
+# Keeps .venv, and the llama-server build and the assembled model in
+# ~/.cache/langchain-gradsum (rebuilding takes minutes); `rm -rf .venv` for a full reset.
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print | xargs rm -rf
@@ -109,5 +113,6 @@ bench-efficiency: install
 	$(PY) benchmarks/efficiency.py
 
 bench: install-bench
+	$(LOCAL) build
 	$(LOCAL) assemble
 	$(LOCAL) run -- $(PY) benchmarks/run.py $(BENCH_ARGS)
