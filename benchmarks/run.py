@@ -14,9 +14,19 @@ Run (starts the embedded local LLM if GRADSUM_LOCAL_BASE_URL is not set):
         python benchmarks/run.py --tasks svamp --optimizers initial gradsum copro
     python benchmarks/run.py table        # regenerate the README table from results/runs
     python benchmarks/run.py rescore [TASK...]  # re-apply the metrics to stored outputs
+    python benchmarks/run.py plot [TASK...]     # results/<task>.png: score vs calls spent
 
-Results: benchmarks/results/runs/<task>__<optimizer>.json (one per run, overwritten by a
-re-run with the same task/optimizer; the date and settings are inside).
+Results: benchmarks/results/runs/<task>__<optimizer>__s<seed>.json (one per run,
+overwritten by a re-run with the same task/optimizer/seed; a budget other than the default
+adds `__b<budget>`; the date and settings are inside; older `<task>__<optimizer>.json`
+files are still read, their seed taken from their settings).
+Test outputs are cached in benchmarks/results/cache/ per exact (task, seed, model label,
+template, max_tokens) for the LangChain-side runs: `initial` and a GRAD-SUM run that
+returned the start prompt share one test phase (`--no-cache` to re-test).
+
+The table compares each run with the `initial` run and the `gradsum` run of the same task
+and seed on the same test rows: difference in mean score with a paired bootstrap 95%
+interval (10,000 seeded resamples) and McNemar's exact p-value (benchmarks/stats.py).
 Data: ../shared/data/<task>/data.jsonl (override with --data-dir); never copied here.
 """
 
@@ -27,7 +37,6 @@ import contextlib
 import datetime as dt
 import http.server
 import json
-import math
 import os
 import platform
 import random
@@ -47,7 +56,20 @@ from langchain_gradsum import choice_match, contains_answer, exact_match, numeri
 from langchain_gradsum.evaluators import run_evaluator
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from stats import (  # noqa: E402
+    TestCache,
+    bootstrap_mean,
+    compare,
+    wilson,
+)
+
 RESULTS = HERE / "results" / "runs"
+CACHE = HERE / "results" / "cache"
+PLOTS = HERE / "results"
+DEFAULT_BUDGET = 150
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 README = HERE / "README.md"
 TABLE_BEGIN, TABLE_END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
@@ -129,16 +151,22 @@ def load_rows(data_dir: Path, task: Task) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def split_rows(rows: list[dict[str, Any]], task: Task, seed: int, n_train: int, n_val: int,
-               n_test: int) -> dict[str, list[dict[str, Any]]]:
-    """Seeded shuffle of line indices; disjoint train/val/test, same for every optimizer."""
-    idx = list(range(len(rows)))
+def split_indices(n_rows: int, task: Task, seed: int, n_train: int, n_val: int,
+                  n_test: int) -> dict[str, list[int]]:
+    """Seeded shuffle of line indices; disjoint train/val/test, same for every optimizer
+    (the seed changes all three splits)."""
+    idx = list(range(n_rows))
     random.Random(f"gradsum-bench-{task.name}-{seed}").shuffle(idx)
     need = n_train + n_val + n_test
     if need > len(idx):
         raise SystemExit(f"{task.name}: {need} rows requested, {len(idx)} available")
-    cut = {"train": idx[:n_train], "val": idx[n_train:n_train + n_val],
-           "test": idx[n_train + n_val:need]}
+    return {"train": idx[:n_train], "val": idx[n_train:n_train + n_val],
+            "test": idx[n_train + n_val:need]}
+
+
+def split_rows(rows: list[dict[str, Any]], task: Task, seed: int, n_train: int, n_val: int,
+               n_test: int) -> dict[str, list[dict[str, Any]]]:
+    cut = split_indices(len(rows), task, seed, n_train, n_val, n_test)
     return {k: [rows[i] for i in v] for k, v in cut.items()}
 
 
@@ -247,16 +275,6 @@ class CallMeter:
 # --------------------------------------------------------------------------- stats
 
 
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
-
-
 def score(task: Task, row: dict[str, Any], output: str) -> tuple[float, str]:
     r = run_evaluator(task.metric, row["inputs"], output, row["outputs"])
     return r.score, r.comment
@@ -273,24 +291,68 @@ class Ctx:
     args: argparse.Namespace
     log: Callable[[str], None]
     extra: dict[str, Any] = field(default_factory=dict)
+    test_idx: list[int] | None = None
+    """Data line index of each test row (pairing and the cache key); positions if None."""
 
 
-def test_template(ctx: Ctx, template: str) -> list[dict[str, Any]]:
-    """Score a LangChain prompt template on the test split (one call per row)."""
+def _pool_map(fn: Callable[[Any], Any], items: list[Any], workers: int) -> list[Any]:
+    """`fn` over `items` in a thread pool of `workers`, results in input order."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def _output_tokens(msg: Any) -> int | None:
+    usage = getattr(msg, "usage_metadata", None) or {}
+    n = usage.get("output_tokens") if isinstance(usage, dict) else None
+    return int(n) if n is not None else None
+
+
+def test_template(ctx: Ctx, template: str, model: Any = None) -> list[dict[str, Any]]:
+    """Score a LangChain prompt template on the test split (one call per row, through a
+    thread pool of --concurrency). Outputs are cached per exact template (see TestCache):
+    a row already in the cache is not sent to the model again."""
     from langchain_core.prompts import PromptTemplate
 
-    from langchain_gradsum.local_llm import local_chat_model
+    a = ctx.args
+    if model is None:
+        from langchain_gradsum.local_llm import local_chat_model
 
-    model = local_chat_model(ctx.meter.base_url, max_tokens=ctx.task.max_tokens, timeout=900)
+        model = local_chat_model(ctx.meter.base_url, max_tokens=ctx.task.max_tokens,
+                                 timeout=900)
     prompt = PromptTemplate.from_template(template)
-    out = []
-    for row in ctx.splits["test"]:
-        try:
-            text = str(model.invoke(prompt.format(**row["inputs"])).content)
-        except Exception as e:  # counted as wrong
-            text = f"<error {type(e).__name__}: {e}>"
+    test = ctx.splits["test"]
+    idx = ctx.test_idx if ctx.test_idx is not None else list(range(len(test)))
+    cache = None
+    if not getattr(a, "no_cache", False):
+        cache = TestCache(getattr(a, "cache_dir", CACHE), ctx.task.name, a.seed,
+                          a.model_label, template, ctx.task.max_tokens)
+
+    def one(i: int) -> dict[str, Any]:
+        row = test[i]
+        hit = cache.get(idx[i]) if cache is not None else None
+        if hit is not None:
+            text, ntok, cached = hit["output"], hit.get("output_tokens"), True
+        else:
+            ntok, cached = None, False
+            try:
+                msg = model.invoke(prompt.format(**row["inputs"]))
+                text, ntok = str(msg.content), _output_tokens(msg)
+                if cache is not None:
+                    cache.put(idx[i], text, ntok)
+            except Exception as e:  # counted as wrong, not cached
+                text = f"<error {type(e).__name__}: {e}>"
         s, c = score(ctx.task, row, text)
-        out.append({"score": s, "comment": c, "output": text})
+        return {"row": idx[i], "score": s, "comment": c, "output": text,
+                "output_tokens": ntok, "cached": cached}
+
+    out = _pool_map(one, list(range(len(test))), getattr(a, "concurrency", 1))
+    if cache is not None:
+        ctx.extra["cache"] = {"file": cache.path.name, "hits": cache.hits,
+                              "misses": cache.misses}
     return out
 
 
@@ -312,7 +374,7 @@ def run_gradsum(ctx: Ctx, summarize: bool = True) -> dict[str, Any]:
         beam_width=a.beam_width, candidates_per_prompt=a.candidates,
         max_iterations=a.iterations, minibatch_size=a.minibatch,
         max_gradients_per_prompt=a.max_gradients, max_llm_calls=a.budget,
-        max_concurrency=1, summarize=summarize, seed=a.seed,
+        max_concurrency=a.concurrency, summarize=summarize, seed=a.seed,
     )
 
     def on_event(e: dict[str, Any]) -> None:
@@ -385,18 +447,25 @@ def _dspy_instructions(program: Any) -> str:
 
 
 def test_dspy(ctx: Ctx, program: Any, task_lm: Any) -> list[dict[str, Any]]:
+    """Score a DSPy program on the test split (not cached; --concurrency threads, each
+    with its own dspy.context)."""
     import dspy
 
-    out = []
-    with dspy.context(lm=task_lm):
-        for ex in _dspy_examples(ctx.task, ctx.splits["test"]):
+    test = ctx.splits["test"]
+    idx = ctx.test_idx if ctx.test_idx is not None else list(range(len(test)))
+    examples = _dspy_examples(ctx.task, test)
+
+    def one(i: int) -> dict[str, Any]:
+        ex = examples[i]
+        with dspy.context(lm=task_lm):
             try:
                 text = str(program(**ex.inputs()).answer)
             except Exception as e:
                 text = f"<error {type(e).__name__}: {str(e)[:200]}>"
-            s, c = score(ctx.task, ex._row, text)
-            out.append({"score": s, "comment": c, "output": text})
-    return out
+        s, c = score(ctx.task, ex._row, text)
+        return {"row": idx[i], "score": s, "comment": c, "output": text}
+
+    return _pool_map(one, list(range(len(test))), ctx.args.concurrency)
 
 
 def dspy_knobs(ctx: Ctx) -> dict[str, Any]:
@@ -447,13 +516,14 @@ def run_dspy(ctx: Ctx, which: str) -> dict[str, Any]:
                         breadth=k["breadth"], depth=k["depth"],
                         init_temperature=k["init_temperature"])
         program = tp.compile(student, trainset=train[:k["trainset_size"]],
-                             eval_kwargs={"num_threads": 1, "display_progress": False,
-                                          "display_table": 0})
+                             eval_kwargs={"num_threads": ctx.args.concurrency,
+                                          "display_progress": False, "display_table": 0})
     elif which == "miprov2":
         k = knobs["miprov2"]
         tp = dspy.MIPROv2(metric=_dspy_metric(ctx.task, False), prompt_model=prompt_lm,
                           task_model=task_lm, max_bootstrapped_demos=0, max_labeled_demos=0,
-                          auto=None, num_candidates=k["num_candidates"], num_threads=1,
+                          auto=None, num_candidates=k["num_candidates"],
+                          num_threads=ctx.args.concurrency,
                           seed=ctx.args.seed, verbose=False)
         program = tp.compile(student, trainset=train, valset=val,
                              num_trials=k["num_trials"], minibatch=False,
@@ -464,7 +534,7 @@ def run_dspy(ctx: Ctx, which: str) -> dict[str, Any]:
         tp = dspy.GEPA(metric=_dspy_metric(ctx.task, True),
                        max_metric_calls=k["max_metric_calls"], reflection_lm=prompt_lm,
                        reflection_minibatch_size=k["reflection_minibatch_size"],
-                       use_merge=False, num_threads=1, seed=ctx.args.seed,
+                       use_merge=False, num_threads=ctx.args.concurrency, seed=ctx.args.seed,
                        candidate_selection_strategy=k["candidate_selection_strategy"])
         program = tp.compile(student, trainset=train, valset=val)
     else:
@@ -515,19 +585,32 @@ def run_one(ctx: Ctx, name: str) -> dict[str, Any]:
     test_meter = meter.snapshot()
     k = sum(r["score"] for r in rows)
     lo, hi = wilson(k, len(rows))
+    budget = None if name in ("initial", "initial_dspy") else a.budget
+    row_tokens = [r["output_tokens"] for r in rows if r.get("output_tokens") is not None]
+    if row_tokens and len(row_tokens) == len(rows):  # per row (cached rows included)
+        mean_out = sum(row_tokens) / len(row_tokens)
+    else:  # what the proxy saw in the test phase (DSPy: no per-row usage)
+        mean_out = (test_meter["completion_tokens"] / test_meter["calls"]
+                    if test_meter["calls"] else None)
+    details = got["opt"] if isinstance(got["opt"], dict) else None
     return {
         "task": ctx.task.name, "optimizer": name,
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model": a.model_label, "machine": machine(), "git": git_state(),
         "metric": ctx.task.metric.__name__,
+        "seed": a.seed,
         "sizes": {k2: len(v) for k2, v in ctx.splits.items()},
         "settings": {k2: v for k2, v in vars(a).items() if k2 not in ("func",)
                      and not isinstance(v, Path)},
         "test_score": k / len(rows), "test_correct": k, "test_n": len(rows),
         "ci95_wilson": [round(lo, 3), round(hi, 3)],
-        "optimization": {**opt_meter, "wall_s": round(opt_time, 1),
-                         "budget": None if name in ("initial", "initial_dspy") else a.budget},
-        "test": {**test_meter, "wall_s": round(test_time, 1)},
+        "optimization": {**opt_meter, "wall_s": round(opt_time, 1), "budget": budget,
+                         "cap_used": (round(opt_meter["calls"] / budget, 3) if budget
+                                      else None),
+                         "stop_reason": (details or {}).get("stop_reason")},
+        "test": {**test_meter, "wall_s": round(test_time, 1),
+                 "mean_output_tokens": None if mean_out is None else round(mean_out, 1),
+                 "cache": ctx.extra.get("cache"), "concurrency": a.concurrency},
         "total_calls": opt_meter["calls"] + test_meter["calls"],
         "total_tokens": opt_meter["tokens"] + test_meter["tokens"],
         "wall_s": round(opt_time + test_time, 1),
@@ -551,7 +634,9 @@ def git_state() -> dict[str, Any]:
             return ""
 
     return {"commit": git("rev-parse", "HEAD"),
-            "package_dirty": bool(git("status", "--porcelain", "langchain_gradsum"))}
+            "package_dirty": bool(git("status", "--porcelain", "langchain_gradsum")),
+            "benchmarks_dirty": bool(git("status", "--porcelain", "benchmarks/run.py",
+                                         "benchmarks/stats.py"))}
 
 
 def machine() -> str:
@@ -583,36 +668,192 @@ def model_server(base_url: str | None, n_threads: int | None = None) -> Iterator
 # --------------------------------------------------------------------------- table
 
 
-def table(results_dir: Path = RESULTS) -> str:
-    runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(results_dir.glob("*.json"))]
+def run_seed(r: dict[str, Any]) -> int:
+    return int(r.get("seed", (r.get("settings") or {}).get("seed", 0)))
+
+
+def run_budget(r: dict[str, Any]) -> int | None:
+    return (r.get("settings") or {}).get("budget")
+
+
+def result_name(task: str, optimizer: str, seed: int, budget: int | None) -> str:
+    """`<task>__<optimizer>__s<seed>[__b<budget>].json` (the budget only when it is not the
+    default and the optimizer spends one)."""
+    name = f"{task}__{optimizer}__s{seed}"
+    if optimizer not in ("initial", "initial_dspy") and budget not in (None, DEFAULT_BUDGET):
+        name += f"__b{budget}"
+    return name + ".json"
+
+
+def load_runs(results_dir: Path = RESULTS) -> list[dict[str, Any]]:
+    """Every result in results_dir (new and old file names), one per (task, optimizer,
+    seed, budget): the latest by date when two files describe the same run."""
+    best: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for p in sorted(results_dir.glob("*.json")):
+        try:
+            r = json.loads(p.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        if not isinstance(r, dict) or "task" not in r or "optimizer" not in r:
+            continue
+        r["_file"] = p.name
+        budget = None if r["optimizer"] in ("initial", "initial_dspy") else run_budget(r)
+        key = (r["task"], r["optimizer"], run_seed(r), budget)
+        if key not in best or r.get("date_utc", "") >= best[key].get("date_utc", ""):
+            best[key] = r
     order = {n: i for i, n in enumerate(OPTIMIZERS)}
-    runs.sort(key=lambda r: (r["task"], order.get(r["optimizer"], 99)))
-    lines = ["| task | optimizer | test score | 95% CI (Wilson) | opt calls / budget | "
-             "test calls | tokens | opt wall s | total wall s | date |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    return sorted(best.values(), key=lambda r: (r["task"], run_seed(r),
+                                                order.get(r["optimizer"], 99),
+                                                run_budget(r) or 0))
+
+
+def _split_sig(r: dict[str, Any]) -> tuple[Any, ...]:
+    st = r.get("settings") or {}
+    return (run_seed(r), st.get("train"), st.get("val"), st.get("test"),
+            st.get("data_dir"))
+
+
+def paired_scores(ref: dict[str, Any], run: dict[str, Any]
+                  ) -> tuple[list[float], list[float]] | None:
+    """Score vectors of `ref` and `run` on the same test rows: matched by stored data row
+    index when both runs have it, else by position when both used the same split (same
+    seed and sizes); None when they cannot be paired."""
+    a, b = ref.get("test_rows") or [], run.get("test_rows") or []
+    if not a or not b:
+        return None
+    if all("row" in x for x in a) and all("row" in x for x in b):
+        sa = {x["row"]: float(x["score"]) for x in a}
+        common = [x for x in b if x["row"] in sa]
+        if not common:
+            return None
+        return [sa[x["row"]] for x in common], [float(x["score"]) for x in common]
+    if len(a) == len(b) and _split_sig(ref) == _split_sig(run):
+        return [float(x["score"]) for x in a], [float(x["score"]) for x in b]
+    return None
+
+
+def reference(runs: list[dict[str, Any]], run: dict[str, Any],
+              optimizer: str) -> dict[str, Any] | None:
+    """The `optimizer` run of the same task and seed (for gradsum: the same budget)."""
+    same = [r for r in runs if r["task"] == run["task"] and r["optimizer"] == optimizer
+            and run_seed(r) == run_seed(run)]
+    if optimizer == "gradsum":
+        same = [r for r in same if run_budget(r) == run_budget(run)] or (
+            [r for r in same if run_budget(r) == DEFAULT_BUDGET]
+            if run["optimizer"] in ("initial", "initial_dspy") else [])
+    return same[0] if same else None
+
+
+def comparisons(runs: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
+    """Paired comparison of `run` with the `initial` and `gradsum` runs of its task/seed
+    (diff = run - reference)."""
+    out: dict[str, Any] = {}
+    for ref_name in ("initial", "gradsum"):
+        ref = reference(runs, run, ref_name)
+        if ref is None or ref is run:
+            out[ref_name] = None
+            continue
+        pair = paired_scores(ref, run)
+        out[ref_name] = compare(*pair) if pair else None
+    return out
+
+
+def _fmt_cmp(c: dict[str, Any] | None) -> str:
+    if not c:
+        return "-"
+    lo, hi = c["ci95"]
+    p = c["p_mcnemar"]
+    ps = f"{p:.3f}" if p >= 0.001 else f"{p:.0e}"
+    return f"{c['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}], p={ps}"
+
+
+def table(results_dir: Path = RESULTS) -> str:
+    runs = load_runs(results_dir)
+    lines = ["| task | optimizer | seed | test score | 95% CI (Wilson) | "
+             "vs initial: diff [95% CI], p | vs gradsum: diff [95% CI], p | "
+             "opt calls / cap | stop | test calls | out tok / test call | tokens | "
+             "opt wall s | total wall s | date |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        o = r["optimization"]
+        o, t = r["optimization"], r["test"]
         budget = f"{o['calls']} / {o['budget']}" if o.get("budget") else "0"
         if o.get("refused_over_budget"):
             budget += f" (+{o['refused_over_budget']} refused)"
+        stop = o.get("stop_reason") or ((r.get("details") or {}).get("stop_reason")
+                                        if isinstance(r.get("details"), dict) else None)
         err = " (failed, see JSON)" if r.get("error") else ""
+        mean_out = t.get("mean_output_tokens")
+        if mean_out is None and t.get("calls"):
+            mean_out = t.get("completion_tokens", 0) / t["calls"]
+        cmp_ = comparisons(runs, r)
         lines.append(
-            f"| {r['task']} | {r['optimizer']}{err} | {r['test_correct']:g}/{r['test_n']} = "
-            f"{r['test_score']:.2f} | {r['ci95_wilson'][0]:.2f}-{r['ci95_wilson'][1]:.2f} | "
-            f"{budget} | {r['test']['calls']} | {r['total_tokens']} | {o['wall_s']:.0f} | "
-            f"{r['wall_s']:.0f} | {r['date_utc'][:10]} |")
+            f"| {r['task']} | {r['optimizer']}{err} | {run_seed(r)} | "
+            f"{r['test_correct']:g}/{r['test_n']} = {r['test_score']:.2f} | "
+            f"{r['ci95_wilson'][0]:.2f}-{r['ci95_wilson'][1]:.2f} | "
+            f"{_fmt_cmp(cmp_['initial'])} | {_fmt_cmp(cmp_['gradsum'])} | "
+            f"{budget} | {stop or '-'} | {t['calls']} | "
+            f"{'-' if mean_out is None else f'{mean_out:.0f}'} | {r['total_tokens']} | "
+            f"{o['wall_s']:.0f} | {r['wall_s']:.0f} | {r['date_utc'][:10]} |")
     return "\n".join(lines)
+
+
+def plot(tasks: list[str] | None = None, results_dir: Path = RESULTS,
+         out_dir: Path = PLOTS) -> list[Path]:
+    """One PNG per task: test score against the optimization LLM calls spent, one point per
+    optimizer/seed (initial at 0 calls), bootstrap 95% interval of the score as error bars."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("run.py plot needs matplotlib: pip install -e '.[bench]' "
+                         "(or .venv/bin/pip install matplotlib)") from None
+    runs = load_runs(results_dir)
+    names = sorted({r["task"] for r in runs} if not tasks else set(tasks))
+    markers = ["o", "s", "^", "D", "v", "P", "X"]
+    colors = {n: f"C{i}" for i, n in enumerate(OPTIMIZERS)}
+    written = []
+    for task in names:
+        mine = [r for r in runs if r["task"] == task and r.get("test_rows")]
+        if not mine:
+            continue
+        seeds = sorted({run_seed(r) for r in mine})
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        seen: set[str] = set()
+        for r in mine:
+            scores = [float(x["score"]) for x in r["test_rows"]]
+            mean, lo, hi = bootstrap_mean(scores)
+            x = 0 if r["optimizer"] in ("initial", "initial_dspy") else \
+                r["optimization"]["calls"]
+            label = r["optimizer"] if r["optimizer"] not in seen else None
+            seen.add(r["optimizer"])
+            ax.errorbar([x], [mean], yerr=[[mean - lo], [hi - mean]], fmt=markers[
+                seeds.index(run_seed(r)) % len(markers)], color=colors.get(
+                r["optimizer"], "k"), capsize=3, label=label)
+        ax.set_xlabel("optimization LLM calls spent")
+        ax.set_ylabel(f"test score (n={mine[0]['test_n']}), bootstrap 95% CI")
+        ax.set_title(f"{task} (seeds {', '.join(map(str, seeds))}; marker = seed)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        path = out_dir / f"{task}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
 
 
 def prompts_md(results_dir: Path = RESULTS) -> str:
     out = []
-    for p in sorted(results_dir.glob("*.json")):
-        r = json.loads(p.read_text(encoding="utf-8"))
+    for r in load_runs(results_dir):
         if r["optimizer"] in ("initial", "initial_dspy"):
             continue
         fp = (r.get("final_prompt") or "").strip().replace("```", "'''")
-        out.append(f"**{r['task']} / {r['optimizer']}** ({r['test_score']:.2f}):\n\n"
-                   f"```\n{fp[:1200]}\n```\n")
+        out.append(f"**{r['task']} / {r['optimizer']} / seed {run_seed(r)}** "
+                   f"({r['test_score']:.2f}):\n\n```\n{fp[:1200]}\n```\n")
     return "\n".join(out)
 
 
@@ -669,6 +910,10 @@ def main(argv: list[str] | None = None) -> int:
         update_readme()
         print(table())
         return 0
+    if argv[:1] == ["plot"]:
+        for path in plot(argv[1:] or None):
+            print(f"wrote {path}")
+        return 0
     if argv[:1] == ["rescore"]:
         for path in rescore(argv[1:] or sorted(TASKS)):
             print(f"rescored {path}")
@@ -679,18 +924,26 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["svamp"], choices=sorted(TASKS))
     p.add_argument("--optimizers", nargs="+", default=OPTIMIZERS, choices=OPTIMIZERS)
-    p.add_argument("--train", type=int, default=6)
-    p.add_argument("--val", type=int, default=3)
-    p.add_argument("--test", type=int, default=10)
-    p.add_argument("--budget", type=int, default=26,
+    p.add_argument("--train", type=int, default=30)
+    p.add_argument("--val", type=int, default=20)
+    p.add_argument("--test", type=int, default=100)
+    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
                    help="cap on LLM calls of each optimizer's optimization phase")
     p.add_argument("--beam-width", type=int, default=2)
     p.add_argument("--candidates", type=int, default=2)
-    p.add_argument("--iterations", type=int, default=1)
-    p.add_argument("--minibatch", type=int, default=3)
-    p.add_argument("--max-gradients", type=int, default=2)
+    p.add_argument("--iterations", type=int, default=10,
+                   help="GRAD-SUM iteration cap (it normally stops by --budget first)")
+    p.add_argument("--minibatch", type=int, default=4)
+    p.add_argument("--max-gradients", type=int, default=3)
     p.add_argument("--optimizer-max-tokens", type=int, default=350)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="splits, optimizer seeds, and part of the result file name")
+    p.add_argument("--concurrency", type=int, default=4,
+                   help="LLM calls in flight: GRAD-SUM's max_concurrency, DSPy's "
+                        "num_threads, and the test phase's thread pool")
+    p.add_argument("--no-cache", action="store_true",
+                   help="don't read or write the test-output cache (results/cache/)")
+    p.add_argument("--cache-dir", type=Path, default=CACHE)
     p.add_argument("--base-url", default=None, help="model server (default: env or start one)")
     p.add_argument("--n-threads", type=int, default=None,
                    help="start the local server with this many threads (1 is more robust "
@@ -710,12 +963,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for tname in a.tasks:
                 task = TASKS[tname]
-                splits = split_rows(load_rows(a.data_dir, task), task, a.seed,
-                                    a.train, a.val, a.test)
+                rows = load_rows(a.data_dir, task)
+                cut = split_indices(len(rows), task, a.seed, a.train, a.val, a.test)
+                splits = {k: [rows[i] for i in v] for k, v in cut.items()}
                 for opt in a.optimizers:
-                    log(f"{tname} / {opt}: start")
-                    res = run_one(Ctx(task, splits, meter, a, log), opt)
-                    path = a.results_dir / f"{tname}__{opt}.json"
+                    log(f"{tname} / {opt} / seed {a.seed}: start")
+                    res = run_one(Ctx(task, splits, meter, a, log, test_idx=cut["test"]), opt)
+                    path = a.results_dir / result_name(tname, opt, a.seed, a.budget)
                     path.write_text(json.dumps(res, indent=2, ensure_ascii=False,
                                                default=str), encoding="utf-8")
                     log(f"{tname} / {opt}: test {res['test_correct']:g}/{res['test_n']} "
