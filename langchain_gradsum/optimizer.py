@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import queue
+import math
 import signal
 import sqlite3
 import threading
@@ -207,12 +208,23 @@ class GradSumOptimizer:
             _check_int("patience", patience, 1)
         if max_llm_calls is not None:
             _check_int("max_llm_calls", max_llm_calls, 1)
-        if target_score is not None and not (
-            isinstance(target_score, int | float) and 0 < target_score <= 1
-        ):
-            raise ValueError(f"target_score must be in (0, 1], got {target_score!r}")
-        if retry_backoff < 0:
-            raise ValueError(f"retry_backoff must be >= 0, got {retry_backoff!r}")
+        if target_score is not None:
+            _check_number("target_score", target_score, 0, 1, low_open=True)
+        _check_number("retry_backoff", retry_backoff, 0, _MAX_BACKOFF_S)
+        for name, flag in (("summarize", summarize),
+                           ("repair_missing_variables", repair_missing_variables),
+                           ("reject_copied_examples", reject_copied_examples),
+                           ("retry_unusable_edits", retry_unusable_edits)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        if not isinstance(task_description, str):
+            raise TypeError(
+                f"task_description must be a str, got {type(task_description).__name__}")
+        if meta_prompts is not None and not isinstance(meta_prompts, MetaPrompts):
+            raise TypeError(
+                f"meta_prompts must be a MetaPrompts, got {type(meta_prompts).__name__}")
+        if isinstance(evaluators, str | bytes) or not isinstance(evaluators, Iterable):
+            raise TypeError(f"evaluators must be a list of callables, got {evaluators!r}")
         if not criteria and not evaluators:
             raise ValueError(
                 "give `criteria` (for the LLM judge) or `evaluators` (programmatic), or both: "
@@ -693,3 +705,17 @@ def _dry_run_evaluators(evaluators: Iterable[Callable[..., Any]], row: dict[str,
                 f"evaluator {evaluator_name(fn)!r} failed a dry run on train row 0 (with the "
                 f"reference answer as the output): {type(cause).__name__}: {cause}"
             ) from None
+_MAX_BACKOFF_S = 60.0
+"""Largest `retry_backoff`: the first retry waits this long, later ones up to 30 times it."""
+
+
+def _check_number(name: str, value: Any, low: float, high: float, *,
+                  low_open: bool = False) -> None:
+    """A finite real number in [low, high] (or (low, high]); never a bool or a str."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+        bounds = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
+        raise ValueError(f"{name} must be in {bounds}, got {value!r}")
+
+

@@ -156,7 +156,27 @@ def test_model_that_is_not_a_model(bad: Any) -> None:
         (dict(max_retries=-1), ValueError, "max_retries must be >= 0"),
         (dict(target_score=0), ValueError, r"target_score must be in \(0, 1\]"),
         (dict(target_score=1.5), ValueError, r"target_score must be in \(0, 1\]"),
-        (dict(retry_backoff=-1), ValueError, "retry_backoff must be >= 0"),
+        (dict(retry_backoff=-1), ValueError, r"retry_backoff must be in \[0, 60\]"),
+        (dict(retry_backoff=float("inf")), ValueError, r"retry_backoff must be in \[0, 60\]"),
+        (dict(retry_backoff=float("nan")), ValueError, "retry_backoff must be in"),
+        (dict(retry_backoff=1e9), ValueError, "retry_backoff must be in"),
+        (dict(retry_backoff="1"), TypeError, "retry_backoff must be a number, got '1'"),
+        (dict(retry_backoff=True), TypeError, "retry_backoff must be a number"),
+        (dict(retry_backoff=None), TypeError, "retry_backoff must be a number"),
+        (dict(target_score=True), TypeError, "target_score must be a number"),
+        (dict(target_score="0.9"), TypeError, "target_score must be a number"),
+        (dict(target_score=float("nan")), ValueError, r"target_score must be in \(0, 1\]"),
+        (dict(max_parse_retries=-1), ValueError, "max_parse_retries must be >= 0"),
+        (dict(max_parse_retries=1.5), TypeError, "max_parse_retries must be an int"),
+        (dict(max_retries="2"), TypeError, "max_retries must be an int"),
+        (dict(seed=1.0), TypeError, "seed must be an int"),
+        (dict(summarize="no"), TypeError, "summarize must be True or False"),
+        (dict(repair_missing_variables=0), TypeError, "repair_missing_variables must be True"),
+        (dict(reject_copied_examples=None), TypeError, "reject_copied_examples must be True"),
+        (dict(retry_unusable_edits="yes"), TypeError, "retry_unusable_edits must be True"),
+        (dict(task_description=None), TypeError, "task_description must be a str"),
+        (dict(meta_prompts={"judge": "x"}), TypeError, "meta_prompts must be a MetaPrompts"),
+        (dict(evaluators=exact_match), TypeError, "evaluators must be a list of callables"),
         (dict(evaluators=[], criteria=None), ValueError, "give `criteria`"),
         (dict(evaluators=[], criteria=""), ValueError, "give `criteria`"),
         (dict(evaluators=["exact_match"]), TypeError, "evaluators must be callables"),
@@ -234,3 +254,8 @@ def test_evaluator_without_known_parameters_fails_the_dry_run(model: Any) -> Non
 
     with pytest.raises(ValueError, match="must take some of the parameters"):
         optimize(model, evaluators=[wrong_params])
+
+
+@pytest.mark.parametrize("backoff", [0, 0.5, 2, 60])
+def test_retry_backoff_in_range_is_accepted(backoff: float) -> None:
+    assert optimizer(scripted(), retry_backoff=backoff).settings["retry_backoff"] == backoff
