@@ -52,8 +52,10 @@ class InputError(ValueError):
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one ``error:`` line to stderr and return the exit to raise."""
-    message = " ".join(str(message).split()) or "unknown error"
+    """Print one ``error:`` line to stderr (secrets redacted) and return the exit to raise."""
+    from langchain_gradsum._llm import redact
+
+    message = redact(" ".join(str(message).split())) or "unknown error"
     Console(stderr=True, highlight=False, soft_wrap=True).print(
         f"error: {message}", markup=False
     )

@@ -455,14 +455,20 @@ def _result(caller: LLMCaller, stop: str | None) -> dict[str, Any]:
 
 
 def _check_failures(caller: LLMCaller, results: list[Any], role: str) -> str | None:
-    """Budget exhaustion stops the run; if every call failed, the error is raised."""
+    """Budget exhaustion stops the run. A call that failed for good costs only its own
+    candidate or row, counted once in ``failed_calls`` (jobs that shared one judge call
+    share its error). Only when every call failed with an error that is not transient
+    (a wrong key, an unknown model: no point going on) is the error raised."""
+    from langchain_gradsum._llm import is_transient
+
     errors = [r for r in results if isinstance(r, BaseException)]
-    if any(isinstance(e, BudgetExhausted) for e in errors):
+    failed = [e for e in errors if not isinstance(e, BudgetExhausted)]
+    if failed:
+        caller.count("failed_calls", len({id(e) for e in failed}))
+    if len(failed) < len(errors):
         return "budget"
-    if errors and len(errors) == len(results):
+    if errors and len(errors) == len(results) and not any(is_transient(e) for e in errors):
         raise errors[0]
-    if errors:
-        caller.count("failed_calls", len(errors))
     return None
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import dataclasses
 import hashlib
 import json
-import queue
 import math
+import queue
 import signal
 import sqlite3
 import threading
@@ -24,7 +25,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from langchain_gradsum._cache import CallCache
-from langchain_gradsum._llm import resolve_model
+from langchain_gradsum._llm import RunLedger, redact, resolve_model, run_ledger
 from langchain_gradsum._templates import PromptSlot
 from langchain_gradsum.beam import calls_needed_for_one_iteration
 from langchain_gradsum.data import DataLike, check_variables, load_examples
@@ -309,21 +310,29 @@ class GradSumOptimizer:
             OptimizationError: the run failed; ``.partial_result`` has what was done.
         """
         run = self._prepare(prompt, train, val, config, checkpoint, thread_id, cache, stop_file)
-        last = run.initial_state()
-        try:
-            with _graceful_sigint(run.stop_event) as interruptible:
-                chunks = interruptible(lambda: run.graph.stream(
-                    run.input, run.config, context=run.ctx, stream_mode=["values", "custom"]))
-                for mode, chunk in chunks:
-                    last = self._on_chunk(mode, chunk, last, on_event)
-        except KeyboardInterrupt:
-            return self._result(last, run.ctx, run.start, interrupted="interrupted")
-        except Exception as e:
-            raise OptimizationError(f"optimization failed: {type(e).__name__}: {e}",
-                                    self._partial(last, run.ctx, run.start)) from e
-        finally:
-            run.close()
-        return self._result(last, run.ctx, run.start)
+        last = first = run.initial_state()
+        with run_ledger() as ledger:
+            try:
+                with _graceful_sigint(run.stop_event) as interruptible:
+                    chunks = interruptible(lambda: run.graph.stream(
+                        run.input, run.config, context=run.ctx,
+                        stream_mode=["values", "custom"]))
+                    for mode, chunk in chunks:
+                        last = self._on_chunk(mode, chunk, last, on_event)
+            except KeyboardInterrupt:
+                ledger.close()  # no call starts from now on; those in flight are counted
+                return self._result(_with_ledger(last, first, ledger), run.ctx, run.start,
+                                    interrupted="interrupted")
+            except Exception as e:
+                ledger.close()
+                raise OptimizationError(
+                    redact(f"optimization failed: {type(e).__name__}: {e}"),
+                    self._partial(_with_ledger(last, first, ledger), run.ctx, run.start),
+                ) from e
+            finally:
+                ledger.close()
+                run.close()
+            return self._result(_with_ledger(last, first, ledger), run.ctx, run.start)
 
     async def aoptimize(
         self,
@@ -346,17 +355,23 @@ class GradSumOptimizer:
                 "works with optimize()"
             )
         run = self._prepare(prompt, train, val, config, checkpoint, thread_id, cache, stop_file)
-        last = await run.ainitial_state()
-        try:
-            async for mode, chunk in run.graph.astream(run.input, run.config, context=run.ctx,
-                                                       stream_mode=["values", "custom"]):
-                last = self._on_chunk(mode, chunk, last, on_event)
-        except Exception as e:
-            raise OptimizationError(f"optimization failed: {type(e).__name__}: {e}",
-                                    self._partial(last, run.ctx, run.start)) from e
-        finally:
-            run.close()
-        return self._result(last, run.ctx, run.start)
+        last = first = await run.ainitial_state()
+        with run_ledger() as ledger:
+            try:
+                async for mode, chunk in run.graph.astream(
+                        run.input, run.config, context=run.ctx,
+                        stream_mode=["values", "custom"]):
+                    last = self._on_chunk(mode, chunk, last, on_event)
+            except Exception as e:
+                ledger.close()
+                raise OptimizationError(
+                    redact(f"optimization failed: {type(e).__name__}: {e}"),
+                    self._partial(_with_ledger(last, first, ledger), run.ctx, run.start),
+                ) from e
+            finally:  # also on cancellation: no call starts after this returns
+                ledger.close()
+                run.close()
+            return self._result(_with_ledger(last, first, ledger), run.ctx, run.start)
 
     # --- internals ---------------------------------------------------------------------
 
@@ -478,10 +493,16 @@ class GradSumOptimizer:
     def _partial(self, state: dict[str, Any], ctx: GradSumContext, start: float,
                  reason: str = "error") -> OptimizationResult | None:
         """Best so far when the run did not finish: the top minibatch score of the
-        latest iteration anything was scored in (not validated)."""
+        latest iteration anything was scored in (not validated). Stopped before the
+        first step ended, that is the initial prompt, unscored."""
         cands: dict[str, Candidate] = state.get("candidates") or {}
         if not cands:
-            return None
+            if not state.get("prompt"):
+                return None
+            cands = {"c0": {"id": "c0", "template": state["prompt"], "parent_id": None,
+                            "iteration": 0, "summary": None, "gradients": {}, "summaries": {},
+                            "scores": {}, "val_score": None}}
+            state = {**state, "candidates": cands}
         best_id, best, latest = "c0", None, -1
         for cid, cand in cands.items():
             for it, score in cand["scores"].items():
@@ -680,8 +701,45 @@ def _model_label(model: BaseChatModel) -> str:
     return type(model).__name__
 
 
+def _with_ledger(last: dict[str, Any], first: dict[str, Any],
+                 ledger: RunLedger) -> dict[str, Any]:
+    """`last` with the usage and counters of every call this process made.
+
+    The state holds a step's calls only once the step is done; a step that failed, or
+    that a hard Ctrl-C left behind, made calls too. What the state lacks is the
+    ledger's count on top of where this run started (`first`, for a resumed run).
+    """
+    with ledger.lock:
+        made, counted = copy.deepcopy(ledger.usage), dict(ledger.counters)
+    usage = {role: dict(u) for role, u in (last.get("usage") or {}).items()}
+    before = first.get("usage") or {}
+    for role, u in made.items():
+        cur = usage.setdefault(role, {"calls": 0, "input_tokens": 0, "output_tokens": 0})
+        for k in ("calls", "input_tokens", "output_tokens"):
+            cur[k] = max(cur.get(k, 0), before.get(role, {}).get(k, 0) + u[k])
+    counters = dict(last.get("counters") or {})
+    before_c = first.get("counters") or {}
+    for key, n in counted.items():
+        counters[key] = max(counters.get(key, 0), before_c.get(key, 0) + n)
+    return {**last, "usage": usage, "counters": counters}
+
+
 def _calls(state: GradSumState | dict[str, Any]) -> int:
     return sum(u["calls"] for u in (state.get("usage") or {}).values())
+
+
+_MAX_BACKOFF_S = 60.0
+"""Largest `retry_backoff`: the first retry waits this long, later ones up to 30 times it."""
+
+
+def _check_number(name: str, value: Any, low: float, high: float, *,
+                  low_open: bool = False) -> None:
+    """A finite real number in [low, high] (or (low, high]); never a bool or a str."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+        bounds = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
+        raise ValueError(f"{name} must be in {bounds}, got {value!r}")
 
 
 def _check_int(name: str, value: Any, minimum: int | None) -> None:
@@ -705,17 +763,3 @@ def _dry_run_evaluators(evaluators: Iterable[Callable[..., Any]], row: dict[str,
                 f"evaluator {evaluator_name(fn)!r} failed a dry run on train row 0 (with the "
                 f"reference answer as the output): {type(cause).__name__}: {cause}"
             ) from None
-_MAX_BACKOFF_S = 60.0
-"""Largest `retry_backoff`: the first retry waits this long, later ones up to 30 times it."""
-
-
-def _check_number(name: str, value: Any, low: float, high: float, *,
-                  low_open: bool = False) -> None:
-    """A finite real number in [low, high] (or (low, high]); never a bool or a str."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
-        bounds = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
-        raise ValueError(f"{name} must be in {bounds}, got {value!r}")
-
-

@@ -163,7 +163,7 @@ def test_parse_retries_take_budget_too() -> None:
     caller = LLMCaller(CallBudget(None), None, max_parse_retries=2, backoff=0)
     assert caller.structured("judge", model, "grade this", JudgeVerdict) is None
     assert len(model.calls) == 3 and caller.budget.used == 3
-    assert caller.counters == {"judge_parse_failures": 3}
+    assert caller.counters == {"judge_parse_failures": 3, "judge_failures": 1}
 
 
 def test_retries_count_against_max_llm_calls_end_to_end() -> None:
@@ -212,3 +212,40 @@ def test_a_broken_evaluator_stops_the_run_with_its_name() -> None:
     opt = optimizer(scripted(), evaluators=[flaky_metric], max_iterations=0)
     with pytest.raises(OptimizationError, match="flaky_metric"):
         opt.optimize(PROMPT, qa_rows(2))
+
+
+# --- counters count calls ---------------------------------------------------------------
+
+
+def test_judge_failures_count_failed_calls_not_rows() -> None:
+    """Rows whose judge messages are identical share one judge call; when it fails,
+    that is one failure, however many rows it scored 0."""
+    rows = [{"inputs": {"question": "same"}, "outputs": {"answer": "B"}}] * 2
+    model = scripted(judge=lambda text: {"reasoning": "no score field"})
+    result = optimizer(model, evaluators=[], criteria="Say B.", max_parse_retries=1,
+                       max_iterations=0).optimize(PROMPT, rows)
+    assert model.calls_by_role()["judge"] == 2  # one call, asked twice
+    assert result.counters["judge_failures"] == 1
+    assert result.counters["judge_parse_failures"] == 2
+    assert result.counters["judge_calls_saved"] == 1
+    assert all(r["judge_failed"] and r["score"] == 0.0 for r in result.records.values())
+
+
+def test_a_failed_judge_call_shared_by_rows_is_one_failed_call() -> None:
+    rows = [{"inputs": {"question": q}, "outputs": {"answer": "B"}}
+            for q in ("same", "same", "other")]
+    base = scripted().respond
+
+    def respond(text: str, role: str) -> Any:
+        if role == "judge" and "same" in text:
+            return ValueError("content filter")
+        return base(text, role)
+
+    model = scripted(respond)
+    result = optimizer(model, evaluators=[], criteria="Say B.", max_iterations=0,
+                       minibatch_size=3).optimize(PROMPT, rows)
+    assert model.calls_by_role()["judge"] == 2
+    assert result.counters["failed_calls"] == 1
+    assert result.counters["judge_failures"] == 1 and result.counters["judge_errors"] == 1
+    failed = [r for r in result.records.values() if r.get("judge_failed")]
+    assert len(failed) == 2
