@@ -251,7 +251,7 @@ def test_a_key_echoed_in_an_error_body_is_redacted_everywhere(tmp_path: Path) ->
 
     server = Echo(Script(), _only("echo", "generate", times=1))
     with server.serving():
-        result = optimizer(_chat(server), max_retries=0, max_iterations=0,
+        result = optimizer(_chat(server, max_retries=0), max_retries=0, max_iterations=0,
                            minibatch_size=2).optimize(PROMPT, qa_rows(3), qa_rows(1, "v"),
                                                       checkpoint=tmp_path / "run.sqlite")
     errors = [r["error"] for r in result.records.values() if "error" in r]
