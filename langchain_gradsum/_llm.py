@@ -607,7 +607,11 @@ class LLMCaller:
         schema: type[BaseModel],
         **metadata: Any,
     ) -> BaseModel | None:
-        """One structured-output call; re-asked on malformed output, else `None`."""
+        """One structured-output call; re-asked on malformed output, else `None`.
+
+        A call that gives no verdict (no reply parsed, or the call failed for good) is
+        counted once in ``<role>_failures``.
+        """
         kind = f"structured:{schema.__module__}.{schema.__qualname__}"
         key = self.cache.key(model, messages, kind) if self.cache is not None else None
         if key is not None and (hit := self._cached(role, key)) is not None:

@@ -303,7 +303,8 @@ class GradSumOptimizer:
 
         The first Ctrl-C stops at the next safe point and returns the validated best
         prompt so far; a second one stops at once and returns the best minibatch
-        candidate (``stop_reason="interrupted"``).
+        candidate (``stop_reason="interrupted"``). No LLM call starts after this
+        returns; calls in flight finish in the background and are counted.
 
         Raises:
             ValueError / TypeError: bad input, before any LLM call.
@@ -621,8 +622,8 @@ def _graceful_sigint(event: threading.Event) -> Iterator[Callable[[Stream], Iter
     handlers only in the main thread, and only when it runs, so a main thread
     blocked inside LangGraph for a whole step (minutes on a slow model) would not
     see Ctrl-C until the step ends. A hard stop returns everything finished so
-    far; calls still in flight then finish in the background unrecorded (that is
-    what a second Ctrl-C asks for).
+    far; calls still in flight then finish in the background (counted by the run's
+    ledger, which `optimize` closes, so that no further call starts).
     """
     if threading.current_thread() is not threading.main_thread():
         yield lambda stream: iter(stream())
