@@ -452,16 +452,8 @@ class LLMCaller:
         self._lock = threading.Lock()
         self._ledger = _LEDGER.get()
 
-    # Counted here, once per call, and not by the scoring code once per row: rows that
-    # share one failed judge call (identical judge messages) make one failure.
-    _COUNTED_PER_CALL = frozenset({"judge_failures"})
-
     def count(self, key: str, n: int = 1) -> None:
         """Add `n` to a counter (of the result's ``counters``)."""
-        if key not in self._COUNTED_PER_CALL:
-            self._tally(key, n)
-
-    def _tally(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.counters[key] = self.counters.get(key, 0) + n
         if self._ledger is not None:
@@ -511,7 +503,7 @@ class LLMCaller:
             wait=wait_exponential(multiplier=self.backoff, max=30 * self.backoff),
             retry=retry_if_exception(is_transient),
             reraise=True,
-            before_sleep=lambda _: self._tally("retries"),
+            before_sleep=lambda _: self.count("retries"),
         )
         for attempt in retrying:
             with attempt:
@@ -530,10 +522,10 @@ class LLMCaller:
         if isinstance(error, BudgetExhausted | RunStopped) or not isinstance(error, Exception):
             return error  # not a failed call (or KeyboardInterrupt and the like)
         if is_malformed_reply(error):
-            self._tally("malformed_replies")
+            self.count("malformed_replies")
             error = MalformedReply(
                 f"the reply was not a usable completion ({type(error).__name__}: {error})")
-        self._tally("transient_errors" if is_transient(error) else f"{role}_errors")
+        self.count("transient_errors" if is_transient(error) else f"{role}_errors")
         return scrubbed(error)
 
     def text(
@@ -541,11 +533,19 @@ class LLMCaller:
         role: str,
         model: BaseChatModel,
         messages: Sequence[BaseMessage] | str,
+        info: dict[str, Any] | None = None,
         **metadata: Any,
     ) -> str:
-        """One call returning the reply's text."""
+        """One call returning the reply's text.
+
+        With `info`, the reply's ``output_tokens`` and whether it was ``truncated`` at
+        the token cap (finish reason ``length``) are written into it.
+        """
         key = self.cache.key(model, messages, "text") if self.cache is not None else None
         if key is not None and (hit := self._cached(role, key)) is not None:
+            if info is not None:
+                info.update(output_tokens=hit.get("usage", [0, 0])[1],
+                            truncated=bool(hit.get("truncated")))
             return str(hit["text"])
         config = self._config(role, metadata)
 
@@ -556,8 +556,12 @@ class LLMCaller:
 
         reply = self._attempt(role, call)
         text = _text_of(reply)
+        truncated = _finish_reason(reply) == "length"
+        if info is not None:
+            info.update(output_tokens=_tokens(reply)[1], truncated=truncated)
         if key is not None:
-            self.cache.put(key, {"text": text, "usage": _tokens(reply)})  # type: ignore[union-attr]
+            self.cache.put(key, {"text": text, "usage": _tokens(reply),  # type: ignore[union-attr]
+                                 "truncated": truncated})
             self._paid(key)
         return text
 
@@ -588,9 +592,9 @@ class LLMCaller:
                 u["output_tokens"] += tokens_out
             if self._ledger is not None:
                 self._ledger.add(role, 1, tokens_in, tokens_out)
-            self._tally("resumed_calls")
+            self.count("resumed_calls")
         else:
-            self._tally("cache_hits")
+            self.count("cache_hits")
         return hit
 
     def _paid(self, key: str | None) -> None:
@@ -631,7 +635,7 @@ class LLMCaller:
                 out = self._attempt(role, call)
             except Exception as e:
                 if not isinstance(e, BudgetExhausted):
-                    self._tally(f"{role}_failures")  # the call failed for good
+                    self.count(f"{role}_failures")  # the call failed for good
                 raise
             parsed = out.get("parsed")
             if isinstance(parsed, schema) and out.get("parsing_error") is None:
@@ -640,8 +644,8 @@ class LLMCaller:
                                          "usage": _tokens(out.get("raw"))})
                     self._paid(key)
                 return parsed
-            self._tally(f"{role}_parse_failures")
-        self._tally(f"{role}_failures")  # no reply parsed, re-asks included
+            self.count(f"{role}_parse_failures")
+        self.count(f"{role}_failures")  # no reply parsed, re-asks included
         return None
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R | BaseException]:
@@ -679,6 +683,12 @@ def _structured(model: BaseChatModel, schema: type[BaseModel]) -> Any:
 def _tokens(message: Any) -> list[int]:
     meta = getattr(message, "usage_metadata", None) or {}
     return [int(meta.get("input_tokens", 0) or 0), int(meta.get("output_tokens", 0) or 0)]
+
+
+def _finish_reason(message: Any) -> str | None:
+    meta = getattr(message, "response_metadata", None) or {}
+    reason = meta.get("finish_reason") or meta.get("stop_reason")
+    return str(reason) if reason else None
 
 
 def _text_of(message: Any) -> str:

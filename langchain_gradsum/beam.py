@@ -1,4 +1,4 @@
-"""Beam search decisions: the `prune` edge, stop conditions and budget arithmetic.
+"""Beam search decisions: screening, pruning, stop conditions and budget arithmetic.
 
 Everything here is a pure function of the state and settings, so a resumed run
 decides exactly as an uninterrupted one.
@@ -6,15 +6,21 @@ decides exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import math
+import random
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from langgraph.runtime import Runtime
-from langgraph.types import Send
 
-from langchain_gradsum.state import GradSumContext, GradSumState
+from langchain_gradsum.data import minibatch_indices
+from langchain_gradsum.state import Candidate, GradSumContext, GradSumState, Record, record_key
 
-__all__ = ["calls_needed_for_one_iteration", "final_reserve", "prune", "select_beam",
-           "stop_reason"]
+__all__ = ["advance", "beam_on_stop", "calls_needed_for_one_iteration", "current_batch",
+           "failed_rows", "final_reserve", "iteration_cost", "route", "rows_to_score",
+           "select_beam", "stop_reason"]
+
+FULL_MARKS = 1.0 - 1e-9
 
 
 def select_beam(state: GradSumState, beam_width: int) -> list[str]:
@@ -63,22 +69,36 @@ def final_reserve(state: GradSumState, ctx: GradSumContext) -> int:
     return (ctx.beam_width + 1) * rows * _calls_per_row(ctx)
 
 
-def iteration_cost(beam_size: int, n_train: int, ctx: GradSumContext) -> int:
-    """Upper bound on the calls of one more iteration from a beam of `beam_size`.
+def screen_pass_rate(state: GradSumState) -> float:
+    """The share of screened children that passed so far (prior: 1 of 2)."""
+    screens = [s for c in state.get("candidates", {}).values()
+               if (s := c.get("screen")) and s.get("passed") is not None]
+    return (sum(1 for s in screens if s["passed"]) + 1) / (len(screens) + 2)
 
-    Gradients, summaries and edits, then scoring parents and children on the
-    next minibatch.
+
+def iteration_cost(beam_size: int, n_train: int, ctx: GradSumContext,
+                   pass_rate: float = 0.5) -> int:
+    """Expected calls of one more iteration from a beam of `beam_size`.
+
+    Per parent: gradients, a summary and the edits; then each child's screen, the
+    parent's scoring on the next batch, and the batch scoring of the children expected
+    to pass their screen (`pass_rate`; every child when screening is off). The hard
+    cap is enforced call by call, so planning with the expected cost lets a capped run
+    use its cap; an iteration the cap cuts short still ends in a validated result.
     """
     m = min(ctx.minibatch_size, n_train)
     grads = m if ctx.max_gradients_per_prompt is None else min(m, ctx.max_gradients_per_prompt)
     k = ctx.candidates_per_prompt if ctx.summarize else min(ctx.candidates_per_prompt, grads)
-    per_parent = grads + (1 if ctx.summarize else 0) + k + (1 + k) * m * _calls_per_row(ctx)
-    return beam_size * per_parent
+    screen = min(ctx.screen_size, grads)
+    promoted = k * pass_rate if screen else k
+    scoring = (k * screen + m + promoted * m) * _calls_per_row(ctx)
+    return math.ceil(beam_size * (grads + (1 if ctx.summarize else 0) + k + scoring))
 
 
 def calls_needed_for_one_iteration(n_train: int, n_val: int, ctx: GradSumContext) -> int:
     """The smallest `max_llm_calls` that lets a run score the initial prompt, make one
-    full iteration (when `max_iterations` > 0), and validate the finalists."""
+    iteration of the expected cost (when `max_iterations` > 0), and validate the
+    finalists."""
     m = min(ctx.minibatch_size, n_train)
     first = m * _calls_per_row(ctx)
     loop = iteration_cost(1, n_train, ctx) if ctx.max_iterations > 0 else 0
@@ -106,28 +126,143 @@ def stop_reason(state: GradSumState, ctx: GradSumContext, kept: list[str]) -> st
     if ctx.max_llm_calls is not None:
         spent = sum(u["calls"] for u in state.get("usage", {}).values())
         left = ctx.max_llm_calls - spent - final_reserve(state, ctx)
-        if iteration_cost(len(kept), len(state["train"]), ctx) > left:
+        if iteration_cost(len(kept), len(state["train"]), ctx, screen_pass_rate(state)) > left:
             return "budget"
     return None
 
 
-def prune(
-    state: GradSumState, runtime: Runtime[GradSumContext]
-) -> Literal["finalize"] | list[Send]:
-    """The conditional edge after `evaluate`: prune the beam, or stop.
+# --- which rows each candidate is scored on ---------------------------------------------
 
-    Keeps the best `beam_width` candidates and sends them on to `gradient`;
-    when a stop condition holds, sends them to `finalize` instead.
+
+def current_batch(state: GradSumState, ctx: GradSumContext) -> list[int]:
+    """This iteration's training rows (its seeded minibatch, plus any rows drawn since)."""
+    return list(state.get("batch") or minibatch_indices(
+        len(state["train"]), ctx.minibatch_size, ctx.seed, state.get("iteration", 0)))
+
+
+def rows_to_score(state: GradSumState, ctx: GradSumContext, cid: str) -> list[int]:
+    """The rows `cid` must be scored on now: its screen rows while it is being screened,
+    else this iteration's batch."""
+    screen = state["candidates"][cid].get("screen")
+    if screen and screen.get("passed") is None:
+        return list(screen["rows"])
+    return current_batch(state, ctx)
+
+
+def _missing(state: GradSumState, ctx: GradSumContext, cid: str) -> bool:
+    records = state.get("records", {})
+    return any("score" not in records.get(record_key(cid, "train", i), {})
+               for i in rows_to_score(state, ctx, cid))
+
+
+def mean_score(records: Mapping[str, Record], cid: str, rows: Sequence[int]) -> float | None:
+    """Mean score of `cid` on training `rows`, or None if any is unscored."""
+    scores = [records.get(record_key(cid, "train", i), {}).get("score") for i in rows]
+    if not scores or any(s is None for s in scores):
+        return None
+    return sum(scores) / len(scores)  # type: ignore[arg-type]
+
+
+def failed_rows(records: Mapping[str, Record], cid: str, rows: Sequence[int]) -> list[int]:
+    """The rows of `rows` where `cid` fell short of full marks, worst first."""
+    scored = [(records[record_key(cid, "train", i)]["score"], i) for i in rows
+              if "score" in records.get(record_key(cid, "train", i), {})]
+    return [i for s, i in sorted(scored) if s < FULL_MARKS]
+
+
+def more_rows(state: GradSumState, ctx: GradSumContext, batch: Sequence[int]) -> list[int]:
+    """Up to `minibatch_size` further training rows (seeded), to find failures to learn from."""
+    order = list(range(len(state["train"])))
+    random.Random(f"gradsum-{ctx.seed}-{state['iteration']}-more").shuffle(order)
+    taken = set(batch)
+    return [i for i in order if i not in taken][: ctx.minibatch_size]
+
+
+# --- the decision after each scoring step ---------------------------------------------
+
+
+def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], list[dict]]:
+    """Decide what follows a scoring step; returns the state update and progress events.
+
+    1. Screens: a child whose screen rows are scored passes if it beats its parent
+       there; one that does not leaves the beam (kept in the history).
+    2. If a candidate still lacks scores on its rows, nothing more is decided (the
+       router sends the run back to `generate`).
+    3. Otherwise every beam member has a score on the whole batch: keep the best
+       `beam_width`. If none of them failed a single row, draw more training rows
+       (back to `generate`), or stop with ``train_solved`` when none are left.
     """
-    ctx = runtime.context
+    it = state["iteration"]
+    records = state.get("records", {})
+    cands = dict(state["candidates"])
+    beam = list(state["beam"])
+    screened: dict[str, Candidate] = {}
+    events: list[dict[str, Any]] = []
+    for cid in list(beam):
+        screen = cands[cid].get("screen")
+        if not screen or screen.get("passed") is not None:
+            continue
+        score = mean_score(records, cid, screen["rows"])
+        if score is None:
+            continue
+        passed = score > screen["parent_score"] + 1e-9
+        cands[cid] = screened[cid] = {**cands[cid],
+                                      "screen": {**screen, "score": score, "passed": passed}}
+        events.append({"event": "screened", "candidate": cid, "score": score,
+                       "parent_score": screen["parent_score"], "passed": passed})
+        if not passed:
+            beam.remove(cid)
+    probe: GradSumState = {**state, "candidates": cands, "beam": beam}  # type: ignore[typeddict-item]
+    if any(_missing(probe, ctx, cid) for cid in beam):
+        return {"candidates": screened, "beam": beam}, events
+    batch = current_batch(state, ctx)
+    scored = {cid: {**cands[cid], "scores": {**cands[cid]["scores"],
+                                             str(it): mean_score(records, cid, batch)}}
+              for cid in beam}
+    probe = {**probe, "candidates": {**cands, **scored}}  # type: ignore[typeddict-item]
+    kept = select_beam(probe, ctx.beam_width)
+    reason = stop_reason(probe, ctx, kept)
+    if reason is None and not any(failed_rows(records, cid, batch) for cid in kept):
+        extra = more_rows(state, ctx, batch)
+        if extra:
+            events.append({"event": "more_rows", "iteration": it, "rows": len(extra),
+                           "why": "the beam solved every row of the batch"})
+            # Only the kept candidates go on: score them on the new rows.
+            return {"candidates": screened, "beam": kept, "batch": batch + extra}, events
+        reason = "train_solved"
+    events += [{"event": "scored", "iteration": it, "candidate": cid,
+                "score": scored[cid]["scores"][str(it)]} for cid in beam]
+    update: dict[str, Any] = {"candidates": {**screened, **scored}, "beam": kept}
+    if reason:
+        update["stop_reason"] = reason
+    return update, events
+
+
+def beam_on_stop(state: GradSumState, ctx: GradSumContext) -> list[str]:
+    """The beam to validate when a stop (the budget, Ctrl-C) cut an iteration short.
+
+    The candidates ranked in this iteration, filled up from the last complete ranking,
+    so the search's progress survives.
+    """
     kept = select_beam(state, ctx.beam_width)
-    reason = stop_reason(state, ctx, kept)
-    if reason and state["iteration"] > 0 and len(kept) < ctx.beam_width:
-        # A stop (the budget) cut this iteration short before every candidate was scored:
-        # fill the beam from the last complete ranking so the search's progress survives.
+    if state.get("iteration", 0) > 0 and len(kept) < ctx.beam_width:
         last = select_beam({**state, "iteration": state["iteration"] - 1}, ctx.beam_width)
         kept += [cid for cid in last if cid not in kept][: ctx.beam_width - len(kept)]
-    pruned: dict[str, Any] = {**state, "beam": kept}
-    if reason:
-        return [Send("finalize", {**pruned, "stop_reason": reason})]
-    return [Send("gradient", pruned)]
+    return kept or [cid for cid in state.get("beam", []) if cid == "c0"]
+
+
+def route(state: GradSumState, runtime: Runtime[GradSumContext]
+          ) -> Literal["prune", "more", "stop"]:
+    """The conditional edge after `evaluate`: it only reads what `evaluate` decided.
+
+    ``stop`` (to `finalize`) once a stop reason is set; ``more`` (back to `generate`)
+    while a candidate still needs outputs: a child that passed its screen, or rows
+    drawn because the beam solved the batch; else ``prune``: on to `gradient` with
+    the pruned beam.
+    """
+    if state.get("stop_reason"):
+        return "stop"
+    ctx = runtime.context
+    if any(_missing(state, ctx, cid) for cid in state["beam"]):
+        return "more"
+    return "prune"

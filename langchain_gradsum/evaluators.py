@@ -133,9 +133,11 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 def _reference(reference_outputs: Mapping[str, Any]) -> str:
     for key in ("answer", "output", "expected"):
         if key in reference_outputs:
-            return str(reference_outputs[key]).strip()
+            value = reference_outputs[key]
+            return "" if value is None else str(value).strip()
     if len(reference_outputs) == 1:
-        return str(next(iter(reference_outputs.values()))).strip()
+        value = next(iter(reference_outputs.values()))
+        return "" if value is None else str(value).strip()
     raise ValueError(
         f"no reference answer: reference_outputs has {sorted(reference_outputs)}, "
         "expected an 'answer' key"
@@ -152,33 +154,99 @@ def _last_number(text: str) -> float | None:
         return None
 
 
+def _numbers(text: str) -> list[float]:
+    out = []
+    for token in _NUMBER.findall(text):
+        try:
+            out.append(float(token.replace(",", "")))
+        except ValueError:
+            continue
+    return out
+
+
+def _quote(text: str, limit: int = 80) -> str:
+    """A short quote of a reply for a comment: first `limit` characters, one line."""
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= limit else flat[:limit] + "...")
+
+
+def _length(text: str) -> str:
+    n = len(text.split())
+    return f"{n} word{'s' if n != 1 else ''}"
+
+
 def numeric_match(outputs: Mapping[str, Any], reference_outputs: Mapping[str, Any]) -> dict:
-    """1 if the last number in the output equals the reference number (math tasks)."""
-    expected = _last_number(_reference(reference_outputs))
-    got = _last_number(str(outputs.get("output", "")))
-    ok = got is not None and expected is not None and abs(got - expected) < 1e-6
-    if got is None:
-        comment = "the output contains no number"
+    """1 if the last number in the output equals the reference number (math tasks).
+
+    The comment says what was read and what was expected, and whether the expected
+    number appears in the reply without being its final number (a form problem,
+    not a wrong result). A reference without a number scores 0 with a comment.
+    """
+    ref = _reference(reference_outputs)
+    expected = _last_number(ref)
+    text = str(outputs.get("output", ""))
+    got = _last_number(text)
+    if expected is None:
+        return {"key": "numeric_match", "score": 0.0,
+                "comment": f"the reference answer {ref!r} contains no number to compare with"}
+    ok = got is not None and abs(got - expected) < 1e-6
+    if ok:
+        comment = f"final number {got:g}, as expected"
+    elif got is None:
+        comment = (f"the reply ({_length(text)}) contains no number; expected {expected:g}. "
+                   "The reply must end with the final number.")
     else:
-        comment = f"final number {got:g}, expected {expected:g}"
+        comment = f"the reply's final number is {got:g}, expected {expected:g}"
+        if any(abs(x - expected) < 1e-6 for x in _numbers(text)[:-1]):
+            comment += (f"; {expected:g} does appear earlier in the reply, but the final "
+                        "number must be the answer (end the reply with the answer)")
     return {"key": "numeric_match", "score": float(ok), "comment": comment}
 
 
 def exact_match(outputs: Mapping[str, Any], reference_outputs: Mapping[str, Any]) -> dict:
-    """1 if the output equals the reference, ignoring case and surrounding space/periods."""
+    """1 if the output equals the reference, ignoring case and surrounding space/periods.
+
+    The comment quotes the reply and the expected answer and says when the reply
+    contains the expected answer but adds other text (the whole reply must be the
+    answer).
+    """
     want = _reference(reference_outputs).strip().strip(".").lower()
-    got = str(outputs.get("output", "")).strip().strip(".").lower()
-    return {"key": "exact_match", "score": float(got == want),
-            "comment": f"output {got[:80]!r}, expected {want!r}"}
+    text = str(outputs.get("output", ""))
+    got = text.strip().strip(".").lower()
+    ok = got == want
+    if ok:
+        comment = f"the reply is exactly the expected answer {want!r}"
+    else:
+        comment = (f"the whole reply must be exactly {want!r} and nothing else; the reply "
+                   f"was {_quote(text)} ({_length(text)})")
+        if want and _contains(got, want):
+            comment += (f". It contains {want!r} but adds other text: the reply must be "
+                        "only the answer")
+    return {"key": "exact_match", "score": float(ok), "comment": comment}
 
 
 def contains_answer(outputs: Mapping[str, Any], reference_outputs: Mapping[str, Any]) -> dict:
     """1 if any accepted answer (``answers`` list or ``answer``) appears in the output."""
-    answers = reference_outputs.get("answers") or [_reference(reference_outputs)]
-    text = _norm(str(outputs.get("output", "")))
-    ok = any(_norm(str(a)) and _norm(str(a)) in text for a in answers)
-    return {"key": "contains_answer", "score": float(ok),
-            "comment": ("contains " if ok else "does not contain ") + repr(answers[0])}
+    answers = [a for a in (reference_outputs.get("answers") or [_reference(reference_outputs)])
+               if a is not None and str(a).strip()]
+    text = str(outputs.get("output", ""))
+    norm = _norm(text)
+    ok = any(_norm(str(a)) and _norm(str(a)) in norm for a in answers)
+    if not answers:
+        return {"key": "contains_answer", "score": 0.0,
+                "comment": "the reference has no answer to look for"}
+    if ok:
+        comment = f"the reply contains the expected answer {str(answers[0])!r}"
+    else:
+        comment = (f"the reply ({_length(text)}: {_quote(text)}) does not contain the "
+                   f"expected answer {str(answers[0])!r}")
+    return {"key": "contains_answer", "score": float(ok), "comment": comment}
+
+
+def _contains(text: str, want: str) -> bool:
+    """Whether `want` occurs in `text` as a whole word or phrase (normalized)."""
+    t, w = f" {_norm(text)} ", f" {_norm(want)} "
+    return bool(w.strip()) and w in t
 
 
 _CHOICE_ANSWER = re.compile(r"answer(?:\s+is)?\s*[:\-]?\s*\(?([A-J])\b", re.I)
@@ -198,8 +266,18 @@ def choice_match(outputs: Mapping[str, Any], reference_outputs: Mapping[str, Any
     want = _reference(reference_outputs).strip().strip("()").upper()
     text = str(outputs.get("output", ""))
     got = _choice(text)
-    return {"key": "choice_match", "score": float(got == want),
-            "comment": f"chose {got}, expected {want}" if got else "no option letter found"}
+    if got == want:
+        comment = f"chose {got}, as expected"
+    elif got:
+        comment = f"the reply's chosen option is {got}, expected {want}"
+        if want in {"".join(m) for m in _CHOICE_MARKED.findall(text)} | {
+                m.upper() for m in _CHOICE_ANSWER.findall(text)}:
+            comment += (f"; ({want}) is named in the reply too, so the choice is ambiguous: "
+                        "state one final option letter")
+    else:
+        comment = (f"no option letter found in the reply ({_length(text)}: {_quote(text)}); "
+                   f"expected {want}. The reply must name one option letter.")
+    return {"key": "choice_match", "score": float(got == want), "comment": comment}
 
 
 def _choice(text: str) -> str | None:

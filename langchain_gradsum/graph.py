@@ -1,6 +1,7 @@
 """The GRAD-SUM loop as a LangGraph graph. Its drawing is the algorithm:
 
     generate -> evaluate -(prune)-> gradient -> summarize -> edit -> generate ...
+                         |-(more)-> generate   (a screened child, or rows drawn)
                          \\-(stop)-> finalize -> END
 """
 
@@ -11,7 +12,7 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from langchain_gradsum.beam import prune
+from langchain_gradsum.beam import route
 from langchain_gradsum.nodes import edit, evaluate, finalize, generate, gradient, summarize
 from langchain_gradsum.state import GradSumContext, GradSumInput, GradSumState
 
@@ -30,7 +31,9 @@ def build_graph() -> StateGraph:
 
     builder.add_edge(START, "generate")
     builder.add_edge("generate", "evaluate")
-    builder.add_conditional_edges("evaluate", prune, {"prune": "gradient", "stop": "finalize"})
+    builder.add_conditional_edges(
+        "evaluate", route, {"prune": "gradient", "more": "generate", "stop": "finalize"}
+    )
     builder.add_edge("gradient", "summarize")
     builder.add_edge("summarize", "edit")
     builder.add_edge("edit", "generate")

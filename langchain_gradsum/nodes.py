@@ -1,11 +1,12 @@
 """The five GRAD-SUM modules as LangGraph nodes, plus `finalize`.
 
-generate -> evaluate -> (prune) -> gradient -> summarize -> edit -> generate ...
+generate -> evaluate -(route)-> gradient -> summarize -> edit -> generate ...
 
 Each node reads the state, makes its LLM calls through one `LLMCaller` (budget,
-retries, trace names, usage) and returns only what it changed. Once a node has
-set ``stop_reason`` (say, the budget ran out mid-step) the later nodes of the
-iteration do nothing and the `prune` edge routes to `finalize`.
+retries, trace names, usage) and returns only what it changed. `evaluate` also
+writes what the beam decisions (`beam.advance`) make of the new scores; the `route`
+edge only reads them. Once a node has set ``stop_reason`` (say, the budget ran out
+mid-step) the later nodes of the iteration do nothing and `route` goes to `finalize`.
 """
 
 from __future__ import annotations
@@ -30,19 +31,20 @@ from langchain_gradsum._templates import (
 )
 from langchain_gradsum.data import minibatch_indices
 from langchain_gradsum.evaluators import EvalResult, EvaluatorError, JudgeVerdict, run_evaluator
+from langchain_gradsum.feedback import edit_history, evidence, kind_counts
 from langchain_gradsum.state import (
     Candidate,
     Example,
     GradSumContext,
     GradSumState,
     Record,
+    add_usage,
     record_key,
 )
 
 __all__ = ["edit", "evaluate", "finalize", "generate", "gradient", "summarize"]
 
 Ctx = Runtime[GradSumContext]
-FULL_MARKS = 1.0 - 1e-9
 _SHOW_LIMIT = 2000
 
 
@@ -50,22 +52,25 @@ _SHOW_LIMIT = 2000
 
 
 def generate(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
-    """Run every candidate in the beam over this iteration's minibatch."""
+    """Run every candidate in the beam over its rows: this iteration's batch, or, for a
+    new child under screening, the few failures it was written to fix."""
     ctx = runtime.context
     update: dict[str, Any] = {}
     if not state.get("candidates"):  # first step: the user's prompt is candidate c0
         c0 = new_candidate("c0", state["prompt"], parent_id=None, iteration=0, summary=None)
         update = {"candidates": {"c0": c0}, "beam": ["c0"], "iteration": 0}
         state = {**state, **update}  # type: ignore[typeddict-item]
+        update["batch"] = beam_mod.current_batch(state, ctx)
+        state = {**state, **update}  # type: ignore[typeddict-item]
     if state.get("stop_reason"):
         return update
     it = state["iteration"]
-    runtime.stream_writer({"event": "iteration", "iteration": it, "beam": list(state["beam"])})
-    batch = _minibatch(state, ctx)
+    if "c0" in update.get("candidates", {}):  # later iterations are announced by `edit`
+        runtime.stream_writer({"event": "iteration", "iteration": 0, "beam": ["c0"]})
     jobs = [
         (cid, "train", i)
         for cid in state["beam"]
-        for i in batch
+        for i in beam_mod.rows_to_score(state, ctx, cid)
         if record_key(cid, "train", i) not in state.get("records", {})
     ]
     caller = _caller(state, runtime, config, phase="loop")
@@ -74,56 +79,46 @@ def generate(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
 
 
 def evaluate(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
-    """Score each output (judge and/or evaluators); set each candidate's minibatch score."""
-    if state.get("stop_reason"):
-        return {}
+    """Score each new output (judge and/or evaluators), then decide what follows
+    (`beam.advance`): screens, more rows, or the pruned beam and any stop reason."""
     ctx = runtime.context
+    if state.get("stop_reason"):  # set by `generate` (the budget ran out mid-step)
+        return {"beam": beam_mod.beam_on_stop(state, ctx)}
     it = state["iteration"]
-    batch = _minibatch(state, ctx)
     records = state.get("records", {})
     jobs = [
         (cid, "train", i)
         for cid in state["beam"]
-        for i in batch
+        for i in beam_mod.rows_to_score(state, ctx, cid)
         if "score" not in records.get(record_key(cid, "train", i), {"score": None})
     ]
     caller = _caller(state, runtime, config, phase="loop")
     scored, stop = _score(caller, ctx, state, jobs, iteration=it)
-    records = {**records, **scored}
-    candidates: dict[str, Candidate] = {}
-    for cid in state["beam"]:
-        scores = [records.get(record_key(cid, "train", i), {}).get("score") for i in batch]
-        if all(s is not None for s in scores):
-            cand = state["candidates"][cid]
-            mean = sum(scores) / len(scores)  # type: ignore[arg-type]
-            candidates[cid] = {**cand, "scores": {**cand["scores"], str(it): mean}}
-            runtime.stream_writer(
-                {"event": "scored", "iteration": it, "candidate": cid, "score": mean,
-                 "calls": _spent(state) + caller.budget.used}
-            )
-    return {**_result(caller, stop), "records": scored, "candidates": candidates}
+    update = {**_result(caller, stop), "records": scored}
+    merged: GradSumState = {**state, "records": {**records, **scored},  # type: ignore[typeddict-item]
+                            "usage": add_usage(state.get("usage"), caller.usage)}
+    if stop:
+        return {**update, "beam": beam_mod.beam_on_stop(merged, ctx)}
+    decided, events = beam_mod.advance(merged, ctx)
+    calls = _spent(merged)
+    for event in events:
+        runtime.stream_writer({**event, "calls": calls})
+    return {**update, **decided}
 
 
 def gradient(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
-    """Critique each surviving candidate once per output short of full marks.
+    """Critique each beam member once per output short of full marks (worst first).
 
-    Reached through the `prune` edge, whose message carries the pruned beam;
-    this node commits it to the state.
+    Each critique names the kind of mistake on its first line (``Kind: format``...).
     """
-    update: dict[str, Any] = {"beam": state["beam"]}
     ctx = runtime.context
     if reason := _halted(state, ctx):
-        return {**update, "stop_reason": reason}
+        return {"stop_reason": reason}
     it = state["iteration"]
     records = state["records"]
-    jobs: list[tuple[str, int]] = []
-    for cid in state["beam"]:
-        failed = [
-            i for i in _minibatch(state, ctx)
-            if records[record_key(cid, "train", i)]["score"] < FULL_MARKS
-        ]
-        failed.sort(key=lambda i: records[record_key(cid, "train", i)]["score"])
-        jobs += [(cid, i) for i in failed[: ctx.max_gradients_per_prompt]]
+    batch = beam_mod.current_batch(state, ctx)
+    jobs = [(cid, i) for cid in state["beam"]
+            for i in beam_mod.failed_rows(records, cid, batch)[: ctx.max_gradients_per_prompt]]
     caller = _caller(state, runtime, config, phase="loop")
     _, _, optimizer_model = _models(ctx)
     prompts = ctx.meta_prompts
@@ -155,7 +150,7 @@ def gradient(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
               "gradients": {**state["candidates"][cid]["gradients"], str(it): grads}}
         for cid, grads in gradients.items()
     }
-    return {**update, **_result(caller, stop), "candidates": candidates}
+    return {**_result(caller, stop), "candidates": candidates}
 
 
 def summarize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
@@ -172,10 +167,13 @@ def summarize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict
 
     def summary(cid: str) -> str:
         cand = state["candidates"][cid]
+        grads = cand["gradients"][it]
         message = ctx.meta_prompts.summarize.format(
             task_description=ctx.task_description or "(not given)",
             prompt=cand["template"],
-            gradients="\n".join(f"<critique>{g}</critique>" for g in cand["gradients"][it]),
+            gradients="\n".join(f"<critique>{g}</critique>" for g in grads),
+            evidence=_evidence(state, ctx, cid) + f"\n- Kinds of mistake the critiques name: "
+                     f"{kind_counts(grads)}.",
         )
         return caller.text("summarize", optimizer_model, message, iteration=state["iteration"],
                            candidate_id=cid)
@@ -191,85 +189,43 @@ def summarize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict
     return {**_result(caller, stop), "candidates": candidates}
 
 
-def edit(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
-    """Rewrite each candidate from its summary into `candidates_per_prompt` new prompts.
+EditJob = tuple[str, int, str, str]
+"""(parent id, child number, feedback, strategy: "instruction" or "rewrite:<k>")."""
 
-    With ``summarize=False`` (the paper's ablation) each new prompt comes from
-    a single gradient instead. Every new prompt passes the variable guard and the
-    copied-example check and differs from every earlier prompt; an edit that does not
-    is re-asked once, told why (``retry_unusable_edits``).
+
+def edit(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
+    """Write `candidates_per_prompt` new prompts per beam member from its summary.
+
+    A parent's first child adds one instruction to it (``instruction_edits``); the
+    others are rewrites, each asked for differently (the edit variants). With
+    ``summarize=False`` (the paper's ablation) each child comes from a single gradient.
+    The editor sees the measured evidence and the earlier edits of this parent that did
+    not help. Every new prompt passes the variable guard and the copied-example check
+    and differs from every earlier prompt; one that does not is re-asked once, told
+    why (``retry_unusable_edits``). Each child is then screened on the failures it was
+    written for before it is scored on a whole batch (``screen_size``).
     """
     ctx = runtime.context
     if reason := _halted(state, ctx):
         return {"stop_reason": reason}
     it = state["iteration"]
-    key = str(it)
-    jobs: list[tuple[str, int, str]] = []  # (parent, variant, feedback)
-    for cid in state["beam"]:
-        cand = state["candidates"][cid]
-        if ctx.summarize:
-            feedback = [cand["summaries"][key]] * ctx.candidates_per_prompt \
-                if key in cand["summaries"] else []
-        else:
-            feedback = cand["gradients"].get(key, [])[: ctx.candidates_per_prompt]
-        jobs += [(cid, k, fb) for k, fb in enumerate(feedback)]
+    jobs = _edit_jobs(state, ctx)
     caller = _caller(state, runtime, config, phase="loop")
     _, _, optimizer_model = _models(ctx)
-    required = template_variables(state["prompt"])
-    n = ctx.candidates_per_prompt if ctx.summarize else 1
-    variants = ctx.meta_prompts.edit_variants
+    asks = [_edit_ask(state, ctx, job) for job in jobs]
+    guard = _EditGuard(state, ctx, caller, runtime)
 
-    def ask(job: tuple[str, int, str]) -> str:
-        cid, k, fb = job
-        variant = "" if n == 1 else (
-            f"- This is version {k + 1} of {n}: {variants[k % len(variants)]}"
-        )
-        return ctx.meta_prompts.edit.format(
-            task_description=ctx.task_description or "(not given)",
-            prompt=state["candidates"][cid]["template"],
-            feedback=fb,
-            variables=", ".join("{" + v + "}" for v in required),
-            variant=variant,
-        )
+    def rewrite(j: int) -> str:
+        return caller.text("edit", optimizer_model, asks[j], iteration=it,
+                           candidate_id=jobs[j][0], variant=jobs[j][1], strategy=jobs[j][3])
 
-    def rewrite(job: tuple[str, int, str]) -> str:
-        return caller.text("edit", optimizer_model, ask(job), iteration=it,
-                           candidate_id=job[0], variant=job[1])
-
-    seen = {_normalize(c["template"]) for c in state["candidates"].values()}
-    examples = [_show_inputs(ex) for ex in [*state["train"], *(state.get("val") or [])]] \
-        if ctx.reject_copied_examples else []
-
-    def check(cid: str, reply: str) -> tuple[str | None, str | None]:
-        """The usable new prompt in a reply, or why it cannot be used (and counts it)."""
-        template, status = heal_template(extract_prompt(reply), required,
-                                         append_missing=ctx.repair_missing_variables)
-        why = None
-        if template is None:
-            caller.count("rejected_candidates")
-            why = status
-        elif examples and (copied := copied_example(template, examples,
-                                                    original=state["prompt"])) is not None:
-            caller.count("rejected_candidates")
-            why = f"rejected: copies example {copied} of the data"
-        elif _normalize(template) in seen:
-            caller.count("duplicate_candidates")
-            return None, "duplicate: the same as a prompt already tried"
-        if why is not None:
-            runtime.stream_writer({"event": "rejected", "parent": cid, "why": why})
-            return None, why
-        if status == "repaired":
-            caller.count("repaired_candidates")
-        seen.add(_normalize(template))
-        return template, None
-
-    results = caller.map(rewrite, jobs)
+    results = caller.map(rewrite, range(len(jobs)))
     stop = _check_failures(caller, results, "edit")
     usable: dict[int, str] = {}  # job index -> new prompt
     unusable: list[tuple[int, str, str]] = []  # (job index, reply, why)
     for j, res in enumerate(results):
         if isinstance(res, str):
-            template, why = check(jobs[j][0], res)
+            template, why = guard.check(jobs[j], res)
             if template is not None:
                 usable[j] = template
             else:
@@ -282,38 +238,143 @@ def edit(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str,
 
         def retry(item: tuple[int, str, str]) -> str:
             j, reply, why = item
-            cid, k, _ = jobs[j]
-            messages = [HumanMessage(ask(jobs[j])), AIMessage(reply),
+            messages = [HumanMessage(asks[j]), AIMessage(reply),
                         HumanMessage(ctx.meta_prompts.edit_retry.format(why=why))]
             caller.count("edit_retries")
             return caller.text("edit", optimizer_model, messages, iteration=it,
-                               candidate_id=cid, variant=k, retry=True)
+                               candidate_id=jobs[j][0], variant=jobs[j][1], retry=True)
 
         for (j, _, _), res in zip(retries, caller.map(retry, retries), strict=True):
             if isinstance(res, str):
-                template, _ = check(jobs[j][0], res)
+                template, _ = guard.check(jobs[j], res)
                 if template is not None:
                     usable[j] = template
             elif not isinstance(res, BudgetExhausted):
                 caller.count("failed_calls")
-    children: dict[str, Candidate] = {}
-    next_id = len(state["candidates"])
-    for j, template in sorted(usable.items()):
-        cid, _, fb = jobs[j]
-        child_id = f"c{next_id}"
-        next_id += 1
-        children[child_id] = new_candidate(child_id, template, parent_id=cid, iteration=it + 1,
-                                           summary=fb)
-        runtime.stream_writer({"event": "candidate", "candidate": child_id, "parent": cid,
-                               "iteration": it + 1})
+    children = _children(state, ctx, jobs, usable)
+    for child in children.values():
+        runtime.stream_writer({"event": "candidate", "candidate": child["id"],
+                               "parent": child["parent_id"], "iteration": it + 1,
+                               "strategy": child["strategy"]})
     if stop:
         return {**_result(caller, stop), "candidates": children}
+    runtime.stream_writer({"event": "iteration", "iteration": it + 1,
+                           "beam": list(state["beam"]) + list(children)})
     return {
         **_result(caller, stop),
         "candidates": children,
         "beam": list(state["beam"]) + list(children),
         "iteration": it + 1,
+        "batch": minibatch_indices(len(state["train"]), ctx.minibatch_size, ctx.seed, it + 1),
     }
+
+
+def _edit_jobs(state: GradSumState, ctx: GradSumContext) -> list[EditJob]:
+    """The children to write: per parent, its summary (or gradients) and a strategy each."""
+    key = str(state["iteration"])
+    jobs: list[EditJob] = []
+    for cid in state["beam"]:
+        cand = state["candidates"][cid]
+        if ctx.summarize:
+            feedback = [cand["summaries"][key]] * ctx.candidates_per_prompt \
+                if key in cand["summaries"] else []
+        else:
+            feedback = cand["gradients"].get(key, [])[: ctx.candidates_per_prompt]
+        offset = 1 if ctx.instruction_edits else 0
+        jobs += [(cid, k, fb, "instruction" if k < offset else f"rewrite:{k - offset}")
+                 for k, fb in enumerate(feedback)]
+    return jobs
+
+
+def _edit_ask(state: GradSumState, ctx: GradSumContext, job: EditJob) -> str:
+    """The editor's message for one child."""
+    cid, k, feedback, strategy = job
+    fields = {
+        "task_description": ctx.task_description or "(not given)",
+        "prompt": state["candidates"][cid]["template"],
+        "feedback": feedback,
+        "evidence": _evidence(state, ctx, cid),
+        "history": edit_history(state["candidates"], cid),
+    }
+    if strategy == "instruction":
+        return ctx.meta_prompts.edit_instruction.format(**fields)
+    variants = ctx.meta_prompts.edit_variants
+    r = int(strategy.split(":")[1])
+    n = ctx.candidates_per_prompt if ctx.summarize else 1
+    variant = "" if n == 1 else f"- This is version {k + 1} of {n}: {variants[r % len(variants)]}"
+    required = template_variables(state["prompt"])
+    return ctx.meta_prompts.edit.format(
+        **fields, variables=", ".join("{" + v + "}" for v in required), variant=variant)
+
+
+class _EditGuard:
+    """Turns an editor reply into a usable new prompt, or says why it cannot be used."""
+
+    def __init__(self, state: GradSumState, ctx: GradSumContext, caller: LLMCaller,
+                 runtime: Ctx) -> None:
+        self.state, self.ctx, self.caller, self.runtime = state, ctx, caller, runtime
+        self.required = template_variables(state["prompt"])
+        self.seen = {_normalize(c["template"]) for c in state["candidates"].values()}
+        self.examples = [_show_inputs(ex) for ex in [*state["train"], *(state.get("val") or [])]
+                         ] if ctx.reject_copied_examples else []
+
+    def proposal(self, job: EditJob, reply: str) -> str:
+        """The new prompt text a reply proposes (an added instruction is appended)."""
+        if job[3] != "instruction":
+            return extract_prompt(reply)
+        text = extract_instruction(reply)
+        try:
+            full = set(self.required) <= set(template_variables(text))
+        except ValueError:
+            full = False
+        if full:  # the editor wrote a whole prompt: take it as such
+            return text
+        parent = self.state["candidates"][job[0]]["template"]
+        return parent.rstrip() + "\n" + text.replace("{", "{{").replace("}", "}}")
+
+    def check(self, job: EditJob, reply: str) -> tuple[str | None, str | None]:
+        """The usable new prompt in a reply, or why it cannot be used (and counts it)."""
+        template, status = heal_template(self.proposal(job, reply), self.required,
+                                         append_missing=self.ctx.repair_missing_variables)
+        why = None
+        if template is None:
+            why = status
+        elif self.examples and (copied := copied_example(
+                template, self.examples, original=self.state["prompt"])) is not None:
+            why = f"rejected: copies example {copied} of the data"
+        elif _normalize(template) in self.seen:
+            self.caller.count("duplicate_candidates")
+            return None, "duplicate: the same as a prompt already tried"
+        if why is not None:
+            self.caller.count("rejected_candidates")
+            self.runtime.stream_writer({"event": "rejected", "parent": job[0], "why": why})
+            return None, why
+        if status == "repaired":
+            self.caller.count("repaired_candidates")
+        self.seen.add(_normalize(template))
+        return template, None
+
+
+def _children(state: GradSumState, ctx: GradSumContext, jobs: list[EditJob],
+              usable: dict[int, str]) -> dict[str, Candidate]:
+    """The new candidates, each with its screen: the parent's worst failures."""
+    batch = beam_mod.current_batch(state, ctx)
+    children: dict[str, Candidate] = {}
+    next_id = len(state["candidates"])
+    for j, template in sorted(usable.items()):
+        cid, _, fb, strategy = jobs[j]
+        child_id = f"c{next_id}"
+        next_id += 1
+        child = new_candidate(child_id, template, parent_id=cid,
+                              iteration=state["iteration"] + 1, summary=fb)
+        child["strategy"] = strategy
+        rows = beam_mod.failed_rows(state["records"], cid, batch)[: ctx.screen_size]
+        if rows:
+            parent_score = beam_mod.mean_score(state["records"], cid, rows) or 0.0
+            child["screen"] = {"rows": rows, "parent_score": parent_score, "score": None,
+                               "passed": None}
+        children[child_id] = child
+    return children
 
 
 def finalize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[str, Any]:
@@ -356,14 +417,18 @@ def finalize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
                                        "score": val,
                                        "calls": _spent(state) + caller.budget.used})
     candidates: dict[str, Candidate] = {}
-    best_id, best = "c0", -1.0
-    for cid in finalists:
+    ranked: list[tuple[float, float, int, str]] = []  # (-score, output tokens, rank, id)
+    for rank, cid in enumerate(finalists):
         val = _split_score(records, cid, split, len(rows))
         if val is None:
             continue  # incomplete (budget ran out): cannot be compared fairly
         candidates[cid] = {**state["candidates"][cid], "val_score": val}
-        if val > best:
-            best_id, best = cid, val
+        cost = mean_output_tokens(records, cid, split, len(rows)) if ctx.prefer_short_outputs \
+            else 0.0
+        ranked.append((-round(val, 9), cost or 0.0, rank, cid))
+    best_id, best = "c0", -1.0
+    if ranked:  # best score; at equal score the shorter outputs; then the beam's rank
+        best_id, best = min(ranked)[3], -min(ranked)[0]
     runtime.stream_writer({"event": "best", "candidate": best_id,
                            "score": best if best >= 0 else None,
                            "calls": _spent(state) + caller.budget.used})
@@ -373,6 +438,14 @@ def finalize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
 
 
 # --- shared pieces ---------------------------------------------------------------------
+
+
+def mean_output_tokens(records: Mapping[str, Record], cid: str, split: str, n: int
+                       ) -> float | None:
+    """Mean generated tokens per output of `cid` on `split` (None if not reported)."""
+    counts = [r["output_tokens"] for i in range(n)
+              if "output_tokens" in (r := records.get(record_key(cid, split, i), {}))]
+    return sum(counts) / len(counts) if counts else None
 
 
 def _split_score(records: Mapping[str, Record], cid: str, split: str, n: int) -> float | None:
@@ -387,7 +460,8 @@ def new_candidate(
     cid: str, template: str, *, parent_id: str | None, iteration: int, summary: str | None
 ) -> Candidate:
     return {"id": cid, "template": template, "parent_id": parent_id, "iteration": iteration,
-            "summary": summary, "gradients": {}, "summaries": {}, "scores": {}, "val_score": None}
+            "summary": summary, "gradients": {}, "summaries": {}, "scores": {}, "val_score": None,
+            "strategy": None, "screen": None}
 
 
 _TAGGED = re.compile(r"<prompt>\s*(.*?)\s*(?:</prompt>|$)", re.S | re.I)
@@ -401,6 +475,20 @@ def extract_prompt(reply: str) -> str:
     text = text.strip()
     fenced = _FENCE.match(text)
     return (fenced.group(1) if fenced else text).strip()
+
+
+_INSTRUCTION = re.compile(r"<instruction>\s*(.*?)\s*(?:</instruction>|$)", re.S | re.I)
+
+
+def extract_instruction(reply: str) -> str:
+    """The added instruction from an editor reply: in <instruction> tags, else as a prompt."""
+    found = [m for m in _INSTRUCTION.findall(reply) if m.strip()]
+    return found[-1].strip() if found else extract_prompt(reply)
+
+
+def _evidence(state: GradSumState, ctx: GradSumContext, cid: str) -> str:
+    return evidence(state.get("records", {}), cid, beam_mod.current_batch(state, ctx),
+                    state["train"])
 
 
 def _halted(state: GradSumState, ctx: GradSumContext) -> str | None:
@@ -417,11 +505,6 @@ def _models(ctx: GradSumContext) -> tuple[Any, Any, Any]:
     judge = resolve_model(ctx.judge_model, "judge_model") if ctx.judge_model else task
     opt = resolve_model(ctx.optimizer_model, "optimizer_model") if ctx.optimizer_model else task
     return task, judge, opt
-
-
-def _minibatch(state: GradSumState, ctx: GradSumContext) -> list[int]:
-    return minibatch_indices(len(state["train"]), ctx.minibatch_size, ctx.seed,
-                             state["iteration"])
 
 
 def _spent(state: GradSumState) -> int:
@@ -484,12 +567,14 @@ def _run_task(
     task_model, _, _ = _models(ctx)
     slot: PromptSlot = ctx.prompt_slot or PromptSlot("str")
 
-    def run(job: tuple[str, str, int]) -> str:
+    def run(job: tuple[str, str, int]) -> Record:
         cid, split, i = job
         ex = _rows(state, split)[i]
         messages = slot.render(state["candidates"][cid]["template"], ex["inputs"])
-        return caller.text("generate", task_model, messages, iteration=iteration,
+        info: dict[str, Any] = {}
+        text = caller.text("generate", task_model, messages, info, iteration=iteration,
                            candidate_id=cid, split=split, example=i)
+        return {"output": text, **info}  # type: ignore[typeddict-item]
 
     results = caller.map(run, jobs)
     stop = _check_failures(caller, results, "generate")
@@ -498,7 +583,7 @@ def _run_task(
         if isinstance(res, BudgetExhausted):
             continue
         key = record_key(cid, split, i)
-        records[key] = {"output": res} if isinstance(res, str) else {"error": _err(res)}
+        records[key] = res if isinstance(res, dict) else {"error": _err(res)}
     return records, stop
 
 
@@ -568,8 +653,7 @@ def _score(
             if isinstance(verdict, JudgeVerdict):
                 results.append(EvalResult(key="judge", score=min(1.0, max(0.0, verdict.score)),
                                           comment=verdict.reasoning))
-            else:
-                caller.count("judge_failures")
+            else:  # counted once per failed call by the caller, not per row
                 failed = True
                 results.append(EvalResult(key="judge", score=0.0,
                                           comment="the judge's reply could not be parsed"))

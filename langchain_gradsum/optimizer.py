@@ -163,6 +163,13 @@ class GradSumOptimizer:
         retry_unusable_edits: Re-ask the editor once, saying why, when its new prompt
             was rejected or repeats an earlier prompt (the call comes out of the
             scoring budget of the child that did not come about).
+        screen_size: Score a new child first on this many of the failures it was
+            written for; only a child strictly better than its parent there is scored
+            on the whole batch (0 scores every child on the batch, as the paper does).
+        instruction_edits: A parent's first child adds one instruction to it (short and
+            reliable for a small editor model); the other children are rewrites.
+        prefer_short_outputs: At equal validation score, pick the prompt whose outputs
+            are shorter (fewer generated tokens: cheaper and faster).
         seed: Seed of the minibatch sampling.
         meta_prompts: Override the judge/gradient/summary/edit prompts.
     """
@@ -192,6 +199,9 @@ class GradSumOptimizer:
         repair_missing_variables: bool = True,
         reject_copied_examples: bool = True,
         retry_unusable_edits: bool = True,
+        screen_size: int = 2,
+        instruction_edits: bool = True,
+        prefer_short_outputs: bool = True,
         seed: int = 0,
         meta_prompts: MetaPrompts | None = None,
     ) -> None:
@@ -202,6 +212,7 @@ class GradSumOptimizer:
         _check_int("max_concurrency", max_concurrency, 1)
         _check_int("max_retries", max_retries, 0)
         _check_int("max_parse_retries", max_parse_retries, 0)
+        _check_int("screen_size", screen_size, 0)
         _check_int("seed", seed, None)
         if max_gradients_per_prompt is not None:
             _check_int("max_gradients_per_prompt", max_gradients_per_prompt, 1)
@@ -215,7 +226,9 @@ class GradSumOptimizer:
         for name, flag in (("summarize", summarize),
                            ("repair_missing_variables", repair_missing_variables),
                            ("reject_copied_examples", reject_copied_examples),
-                           ("retry_unusable_edits", retry_unusable_edits)):
+                           ("retry_unusable_edits", retry_unusable_edits),
+                           ("instruction_edits", instruction_edits),
+                           ("prefer_short_outputs", prefer_short_outputs)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
         if not isinstance(task_description, str):
@@ -263,6 +276,9 @@ class GradSumOptimizer:
             repair_missing_variables=repair_missing_variables,
             reject_copied_examples=reject_copied_examples,
             retry_unusable_edits=retry_unusable_edits,
+            screen_size=screen_size,
+            instruction_edits=instruction_edits,
+            prefer_short_outputs=prefer_short_outputs,
             seed=seed,
             meta_prompts=meta_prompts or MetaPrompts(),
         )

@@ -12,11 +12,13 @@ import string
 from dataclasses import dataclass, fields
 
 __all__ = [
+    "EDIT_INSTRUCTION_PROMPT",
     "EDIT_PROMPT",
     "EDIT_RETRY_PROMPT",
     "EDIT_VARIANTS",
     "GRADIENT_PROMPT",
     "JUDGE_PROMPT",
+    "MISTAKE_KINDS",
     "MetaPrompts",
     "SUMMARY_PROMPT",
 ]
@@ -47,6 +49,10 @@ You are grading the output of an AI assistant.
 First reason briefly about whether the output meets the criteria. Then give a score \
 from 0 to 1: 1 means it fully meets the criteria, 0 means it does not meet them at all."""
 
+MISTAKE_KINDS = ("format", "reasoning", "misread", "knowledge", "incomplete")
+"""The fixed set of mistake kinds a critique names (its first line, ``Kind: <kind>``), so
+the summary can count the kinds that recur."""
+
 GRADIENT_PROMPT = """\
 You are improving a prompt that instructs an AI assistant.
 
@@ -76,11 +82,18 @@ The prompt was filled in with the input below, and the assistant's output fell s
 {feedback}
 </evaluation>
 
-In one short paragraph, name the kind of mistake the output made (for example: \
-misread the question, skipped a step, calculation slip, wrong format, no clear final \
-answer) and say which general instruction the prompt lacks that would prevent this \
-kind of mistake on any input. Do not mention the names, numbers or details of this \
-example, and do not write a new prompt."""
+Read the evaluation first: it says exactly what was wrong. Answer in this form:
+Kind: <one word: format, reasoning, misread, knowledge or incomplete>
+<one short paragraph>
+
+The kinds: format = the reply has the wrong form (extra words around the answer, no \
+clear final answer, the answer not where or how it is expected); reasoning = a wrong \
+step or calculation; misread = the question or input was misunderstood; knowledge = \
+a fact was wrong or missing; incomplete = the reply stopped before the answer.
+In the paragraph, say which general instruction the prompt lacks that would prevent \
+this kind of mistake on any input (if the form is wrong, say exactly what form the \
+reply must take). Do not mention the names, numbers or details of this example, and \
+do not write a new prompt."""
 
 SUMMARY_PROMPT = """\
 You are improving a prompt that instructs an AI assistant.
@@ -99,9 +112,13 @@ Each critique below was written after the prompt failed on one example.
 {gradients}
 </critiques>
 
+What the evaluation measured on the examples:
+{evidence}
+
 Merge the critiques into one paragraph of general advice for improving the prompt. \
-Keep the problems that recur across examples; leave out the names, numbers and \
-details of single examples. Write only the paragraph."""
+Start with the kind of mistake that recurs most, and say exactly what the prompt must \
+ask for to fix it (for a form problem: the exact form of the reply). Leave out the \
+names, numbers and details of single examples. Write only the paragraph."""
 
 EDIT_PROMPT = """\
 You are improving a prompt that instructs an AI assistant.
@@ -116,6 +133,9 @@ Current prompt (between the tags):
 Feedback on the current prompt:
 {feedback}
 
+What the evaluation measured on the examples:
+{evidence}
+{history}
 Write an improved prompt that fixes the problems in the feedback: keep what works, \
 and add in words the instructions the feedback asks for.
 - Address the assistant directly, as instructions ("Solve...", "Answer...").
@@ -128,31 +148,57 @@ must take.
 Reply with only the improved prompt, between <prompt> and </prompt>; it must differ \
 from the current prompt."""
 
+EDIT_INSTRUCTION_PROMPT = """\
+You are improving a prompt that instructs an AI assistant.
+
+Task of the assistant: {task_description}
+
+Current prompt (between the tags):
+<current_prompt>
+{prompt}
+</current_prompt>
+
+Feedback on the current prompt:
+{feedback}
+
+What the evaluation measured on the examples:
+{evidence}
+{history}
+Write the one instruction (one or two sentences) that, added at the end of the \
+current prompt, fixes the most common problem in the feedback. Address the assistant \
+directly. If the problem is the form of the reply, say exactly what form the reply \
+must take (for example "Reply with only ..." or "End your reply with ..."). Do not \
+repeat the current prompt and do not mention a single example.
+Reply with only the instruction, between <instruction> and </instruction>."""
+
 EDIT_RETRY_PROMPT = """\
-That prompt cannot be used ({why}). Write a different improved prompt that follows \
-the rules above. Reply with only the prompt, between <prompt> and </prompt>."""
+That cannot be used ({why}). Write a different one that follows the rules above. \
+Reply with only it, between the same tags as asked."""
 
 EDIT_VARIANTS = (
-    "make the smallest change that fixes the problems.",
     "write a longer, more detailed prompt: spell out the steps to follow and the exact "
     "form of the final answer.",
     "restructure the prompt from scratch around the problems in the feedback.",
+    "make the smallest change that fixes the problems.",
 )
-"""What the edit prompt's ``{variant}`` asks of each of a parent's new candidates (the
-k-th candidate gets ``EDIT_VARIANTS[k % len]``): different asks give different children
-even from a deterministic editor; the same ask twice gives duplicates."""
+"""What the edit prompt's ``{variant}`` asks of a parent's rewritten candidates (the k-th
+rewrite gets ``EDIT_VARIANTS[k % len]``): different asks give different children even
+from a deterministic editor; the same ask twice gives duplicates. With
+``instruction_edits`` (the default) a parent's first child is instead one added
+instruction (``EDIT_INSTRUCTION_PROMPT``), and its later children are rewrites."""
 
 
 @dataclass(frozen=True)
 class MetaPrompts:
-    """The four meta-prompts, the edit's retry message, and the asks that make an
-    edit's children differ.
+    """The meta-prompts (judge, gradient, summary, edit, added-instruction edit), the
+    edit's retry message, and the asks that make an edit's children differ.
     Replace any to change how a module talks to its LLM."""
 
     judge: str = JUDGE_PROMPT
     gradient: str = GRADIENT_PROMPT
     summarize: str = SUMMARY_PROMPT
     edit: str = EDIT_PROMPT
+    edit_instruction: str = EDIT_INSTRUCTION_PROMPT
     edit_variants: tuple[str, ...] = EDIT_VARIANTS
     edit_retry: str = EDIT_RETRY_PROMPT
 
@@ -192,8 +238,9 @@ class MetaPrompts:
 _OPTIONAL = {
     "judge": {"task_description", "reference", "inputs"},
     "gradient": {"task_description", "reference", "score", "feedback", "inputs"},
-    "summarize": {"task_description"},
-    "edit": {"task_description", "variant"},
+    "summarize": {"task_description", "evidence"},
+    "edit": {"task_description", "variant", "evidence", "history"},
+    "edit_instruction": {"task_description", "evidence", "history"},
     "edit_retry": {"why"},
 }
 

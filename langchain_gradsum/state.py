@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 
@@ -23,6 +23,7 @@ __all__ = [
     "GradSumState",
     "Record",
     "RoleUsage",
+    "Screen",
     "ROLES",
     "record_key",
 ]
@@ -36,6 +37,17 @@ class Example(TypedDict):
 
     inputs: dict[str, Any]
     outputs: dict[str, Any]
+
+
+class Screen(TypedDict):
+    """A new child's first, cheap test: a few rows its parent failed on."""
+
+    rows: list[int]
+    parent_score: float
+    score: float | None
+    """The child's mean score on `rows` (``None`` until scored)."""
+    passed: bool | None
+    """Strictly better than the parent on `rows`: only then is it scored further."""
 
 
 class Candidate(TypedDict):
@@ -57,6 +69,12 @@ class Candidate(TypedDict):
     scores: dict[str, float]
     """Mean minibatch score, by iteration (as a string key)."""
     val_score: float | None
+    strategy: NotRequired[str | None]
+    """How the edit was asked for: ``"instruction"`` (one added instruction) or
+    ``"rewrite:<k>"`` (a rewrite with edit variant k); ``None`` for the initial prompt."""
+    screen: NotRequired[Screen | None]
+    """A child's screen: its score on the failures it was written for, against its
+    parent's (``None`` when not screened, e.g. the initial prompt)."""
 
 
 class Record(TypedDict, total=False):
@@ -69,6 +87,10 @@ class Record(TypedDict, total=False):
     """Evaluator comments and judge reasoning, joined."""
     judge_failed: bool
     """The judge call failed or its reply could not be parsed (scored 0, not reused)."""
+    output_tokens: int
+    """Tokens the task model generated for this output (as the provider reported)."""
+    truncated: bool
+    """The reply stopped at the token cap (finish reason ``length``)."""
 
 
 class RoleUsage(TypedDict):
@@ -124,6 +146,9 @@ class GradSumState(TypedDict, total=False):
     val: list[Example]
     iteration: int
     """Number of edit rounds done so far."""
+    batch: list[int]
+    """The training rows of this iteration: its seeded minibatch, extended with further
+    rows when the beam solved all of them (so there is always a failure to learn from)."""
     candidates: Annotated[dict[str, Candidate], merge_dicts]
     """Every candidate ever written, by id: the full history and lineage."""
     beam: list[str]
@@ -179,6 +204,15 @@ class GradSumContext:
     retry_unusable_edits: bool = True
     """Re-ask the editor once, saying why, when its prompt was rejected or repeats
     an earlier prompt (one more call, taken from the unused child's scoring budget)."""
+    screen_size: int = 2
+    """Score a new child first on this many of the failures it was written for; only a
+    child strictly better than its parent there is scored on the batch (0: score every
+    child on the whole batch, as the paper does)."""
+    instruction_edits: bool = True
+    """A parent's first child adds one instruction to it (a short, reliable edit for a
+    small editor model); the other children are rewrites."""
+    prefer_short_outputs: bool = True
+    """At equal validation score, pick the prompt whose outputs are shorter (cheaper)."""
     seed: int = 0
     meta_prompts: MetaPrompts = field(default_factory=MetaPrompts)
     prompt_slot: Any = None

@@ -34,6 +34,7 @@ _MARKERS = (
     ("gradient", "the assistant's output fell short"),
     ("summarize", "Merge the critiques"),
     ("edit", "Write an improved prompt that fixes the problems"),
+    ("edit", "Write the one instruction"),
 )
 
 

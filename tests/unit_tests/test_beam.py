@@ -1,4 +1,5 @@
-"""Pruning (`select_beam`), the `prune` edge, every stop condition, and budget arithmetic."""
+"""Pruning (`select_beam`), screening and the decisions after scoring (`advance`), the
+`route` edge, every stop condition, and budget arithmetic."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ from typing import Any
 
 import pytest
 from gradsum_fakes import context, qa_rows, scripted
-from langgraph.types import Send
 
 from langchain_gradsum.beam import (
+    advance,
+    beam_on_stop,
     calls_needed_for_one_iteration,
     final_reserve,
     iteration_cost,
     iterations_without_improvement,
-    prune,
+    route,
     select_beam,
     stop_reason,
 )
@@ -131,9 +133,12 @@ def test_stop_when_the_budget_cannot_pay_for_another_iteration() -> None:
     state = running_state()
     kept = select_beam(state, 3)  # 2 candidates
     c = ctx(**settings)
-    need = iteration_cost(len(kept), 4, c) + final_reserve(state, c)
-    # iteration_cost: per parent 2 gradients + 1 summary + 2 edits + 3 prompts * 2 rows
-    assert iteration_cost(2, 4, c) == 2 * (2 + 1 + 2 + 3 * 2)
+    need = iteration_cost(len(kept), 4, c, 0.5) + final_reserve(state, c)
+    # iteration_cost: per parent 2 gradients + 1 summary + 2 edits, 2 children screened on
+    # 2 rows, the parent on 2 rows and the half of the children expected to pass on 2 rows
+    assert iteration_cost(2, 4, c, 0.5) == 2 * (2 + 1 + 2 + 2 * 2 + 2 + 1 * 2)
+    # without screening every child is scored on the batch (the paper's plan)
+    assert iteration_cost(2, 4, ctx(**settings, screen_size=0)) == 2 * (2 + 1 + 2 + 3 * 2)
     assert final_reserve(state, c) == 4 * 4  # (beam_width + 1) prompts x 4 train rows
     spent_ok = {"generate": {"calls": 1000 - need, "input_tokens": 0, "output_tokens": 0}}
     assert stop_reason({**state, "usage": spent_ok}, c, kept) is None
@@ -169,42 +174,87 @@ def test_a_stop_reason_already_in_the_state_wins() -> None:
     assert stop_reason(state, ctx(should_stop=lambda: "halt"), []) == "budget"
 
 
-# --- the prune edge ---------------------------------------------------------------------
+# --- screening, pruning and the route edge ---------------------------------------------
 
 
-def test_prune_sends_the_pruned_beam_to_gradient() -> None:
-    state = state_of([cand("c0", 0, {1: 0.2}), cand("c1", 1, {1: 0.9}), cand("c2", 1, {1: 0.5})],
-                     iteration=1)
-    sends = prune(state, SimpleNamespace(context=ctx(beam_width=2)))
-    assert isinstance(sends, list) and len(sends) == 1
-    assert isinstance(sends[0], Send) and sends[0].node == "gradient"
-    assert sends[0].arg["beam"] == ["c1", "c2"]
-    assert "stop_reason" not in sends[0].arg
+def rec(score: float) -> dict[str, Any]:
+    return {"output": "x", "score": score}
 
 
-def test_prune_sends_to_finalize_with_the_reason() -> None:
-    state = state_of([cand("c0", 0, {1: 0.2}), cand("c1", 1, {1: 0.9})], iteration=1)
-    sends = prune(state, SimpleNamespace(context=ctx(beam_width=1, max_iterations=1)))
-    assert sends[0].node == "finalize"
-    assert sends[0].arg["beam"] == ["c1"] and sends[0].arg["stop_reason"] == "max_iterations"
+def screening_state(child_rows: dict[int, float], **extra: Any) -> dict[str, Any]:
+    """c0 (iteration 0: rows 0, 1 failed) and its child c1 under screening on rows 0, 1."""
+    c1 = cand("c1", 1, {})
+    c1["screen"] = {"rows": [0, 1], "parent_score": 0.0, "score": None, "passed": None}
+    records = {"c0|train|0": rec(0.0), "c0|train|1": rec(0.0), "c0|train|2": rec(1.0),
+               "c0|train|3": rec(0.0)}
+    records.update({f"c1|train|{i}": rec(v) for i, v in child_rows.items()})
+    return state_of([cand("c0", 0, {0: 0.0}), c1], iteration=1, records=records,
+                    batch=[2, 3], **extra)
 
 
-def test_prune_after_a_cut_short_iteration_keeps_the_last_scored_beam() -> None:
+def test_a_child_that_beats_its_parent_on_its_screen_is_scored_on_the_batch() -> None:
+    c = ctx(beam_width=2, minibatch_size=2)
+    state = screening_state({0: 1.0, 1: 0.0})
+    update, events = advance(state, c)
+    assert update["candidates"]["c1"]["screen"]["passed"] is True
+    assert update["candidates"]["c1"]["screen"]["score"] == 0.5
+    assert update["beam"] == ["c0", "c1"] and "stop_reason" not in update
+    assert [e["event"] for e in events] == ["screened"]
+    merged = {**state, **update, "candidates": {**state["candidates"], **update["candidates"]}}
+    assert route(merged, SimpleNamespace(context=c)) == "more"  # c1 has no batch rows yet
+
+
+def test_a_child_no_better_than_its_parent_on_its_screen_leaves_the_beam() -> None:
+    c = ctx(beam_width=2, minibatch_size=2)
+    update, events = advance(screening_state({0: 0.0, 1: 0.0}), c)
+    assert update["candidates"]["c1"]["screen"]["passed"] is False
+    assert "c1" not in update["beam"]
+    # c0 is scored on the batch (rows 2, 3) and kept; it failed row 3, so no more rows
+    assert update["candidates"]["c0"]["scores"]["1"] == 0.5
+    assert update["beam"] == ["c0"]
+    assert [e["event"] for e in events] == ["screened", "scored"]
+
+
+def test_once_the_batch_is_scored_the_beam_is_pruned_and_sent_to_gradient() -> None:
+    c = ctx(beam_width=1, minibatch_size=2)
+    state = screening_state({0: 1.0, 1: 1.0, 2: 1.0, 3: 0.5})
+    update, _ = advance(state, c)
+    assert update["beam"] == ["c1"]  # 0.75 on the batch against c0's 0.5
+    merged = {**state, **update, "candidates": {**state["candidates"], **update["candidates"]}}
+    assert route(merged, SimpleNamespace(context=c)) == "prune"
+
+
+def test_a_solved_batch_draws_more_rows_then_stops_when_train_is_solved() -> None:
+    c = ctx(beam_width=1, minibatch_size=2)
+    state = state_of([cand("c0", 0, {})], iteration=0, batch=[0, 1],
+                     records={"c0|train|0": rec(1.0), "c0|train|1": rec(1.0)})
+    update, events = advance(state, c)
+    assert sorted(update["batch"]) == [0, 1, 2, 3] and "stop_reason" not in update
+    assert events[-1]["event"] == "more_rows"
+    state = {**state, **update, "candidates": state["candidates"],
+             "records": {**state["records"], "c0|train|2": rec(1.0), "c0|train|3": rec(1.0)}}
+    update, _ = advance(state, c)
+    assert update["stop_reason"] == "train_solved"
+    assert update["candidates"]["c0"]["scores"] == {"0": 1.0}
+
+
+def test_route_stops_once_a_reason_is_set() -> None:
+    state = state_of([cand("c0", 0, {0: 0.5})], iteration=0, stop_reason="budget")
+    assert route(state, SimpleNamespace(context=ctx())) == "stop"
+
+
+def test_a_cut_short_iteration_keeps_the_last_scored_beam() -> None:
     # the budget ran out in iteration 2 before anything was scored
     state = state_of([cand("c0", 0, {0: 0.0, 1: 0.0}), cand("c1", 1, {1: 0.5}),
                       cand("c2", 2, {})], iteration=2, beam=["c1", "c2"], stop_reason="budget")
-    sends = prune(state, SimpleNamespace(context=ctx(beam_width=1)))
-    assert sends[0].node == "finalize"
-    assert sends[0].arg["beam"] == ["c1"] and sends[0].arg["stop_reason"] == "budget"
+    assert beam_on_stop(state, ctx(beam_width=1)) == ["c1"]
 
 
-def test_prune_after_a_partly_scored_iteration_fills_the_beam_from_the_last_ranking() -> None:
+def test_a_partly_scored_iteration_fills_the_beam_from_the_last_ranking() -> None:
     state = state_of([cand("c1", 1, {1: 0.9}), cand("c4", 1, {1: 0.1}), cand("c5", 2, {2: 0.4}),
                       cand("c6", 2, {})], iteration=2, stop_reason="budget")
-    sends = prune(state, SimpleNamespace(context=ctx(beam_width=2)))
-    assert sends[0].arg["beam"] == ["c5", "c1"]  # this iteration's ranking first
-    sends = prune(state, SimpleNamespace(context=ctx(beam_width=1)))
-    assert sends[0].arg["beam"] == ["c5"]
+    assert beam_on_stop(state, ctx(beam_width=2)) == ["c5", "c1"]  # this iteration's first
+    assert beam_on_stop(state, ctx(beam_width=1)) == ["c5"]
 
 
 # --- budget arithmetic ------------------------------------------------------------------
@@ -213,17 +263,23 @@ def test_prune_after_a_partly_scored_iteration_fills_the_beam_from_the_last_rank
 @pytest.mark.parametrize(
     ("settings", "n_train", "n_val", "expected"),
     [
-        # first minibatch 2; one parent: 2 gradients + 1 summary + 2 edits + 3*2 outputs;
-        # reserve: 4 prompts x 3 val rows
-        (dict(minibatch_size=2), 5, 3, 2 + (2 + 1 + 2 + 6) + 12),
+        # without screening (the paper's plan): first minibatch 2; one parent: 2 gradients
+        # + 1 summary + 2 edits + 3*2 outputs; reserve: 4 prompts x 3 val rows
+        (dict(minibatch_size=2, screen_size=0), 5, 3, 2 + (2 + 1 + 2 + 6) + 12),
         # a judge doubles every scored output
-        (dict(minibatch_size=2, criteria="ok"), 5, 3, 4 + (2 + 1 + 2 + 12) + 24),
+        (dict(minibatch_size=2, criteria="ok", screen_size=0), 5, 3,
+         4 + (2 + 1 + 2 + 12) + 24),
         # ablation: k = min(candidates_per_prompt, gradients), no summary
-        (dict(minibatch_size=2, summarize=False, candidates_per_prompt=3), 5, 0,
+        (dict(minibatch_size=2, summarize=False, candidates_per_prompt=3, screen_size=0), 5, 0,
          2 + (2 + 0 + 2 + 3 * 2) + 4 * 5),
-        (dict(minibatch_size=4, max_gradients_per_prompt=1, beam_width=1), 3, 0,
+        (dict(minibatch_size=4, max_gradients_per_prompt=1, beam_width=1, screen_size=0), 3, 0,
          3 + (1 + 1 + 2 + 3 * 3) + 2 * 3),
         (dict(minibatch_size=2, max_iterations=0), 5, 3, 2 + 0 + 12),
+        # screening (default 2 rows): each child's screen, the parent on the next batch,
+        # and half the children (the prior pass rate) on the batch
+        (dict(minibatch_size=2), 5, 3, 2 + (2 + 1 + 2 + 2 * 2 + 2 + 1 * 2) + 12),
+        (dict(minibatch_size=4, max_gradients_per_prompt=1, beam_width=1), 3, 0,
+         3 + (1 + 1 + 2 + 2 * 1 + 3 + 1 * 3) + 2 * 3),
     ],
 )
 def test_calls_needed_for_one_iteration(settings: dict, n_train: int, n_val: int,

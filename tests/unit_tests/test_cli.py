@@ -29,6 +29,8 @@ def respond(text: str, role: str) -> Any:
     if role == "summarize":
         return "Ask for step-by-step reasoning and a final number."
     if role == "edit":
+        if "Write the one instruction" in text:  # the editor may write a whole prompt
+            return "<prompt>Think step by step, then answer: {question}</prompt>"
         if "version 1" in text:
             return "<prompt>Think step by step, then answer: {question}</prompt>"
         return "<prompt>Work it out carefully.\n{question}</prompt>"

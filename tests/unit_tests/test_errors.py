@@ -202,9 +202,10 @@ def test_meta_prompt_override_with_the_wrong_fields() -> None:
 
 def test_budget_too_small_for_one_iteration_states_the_need(model: Any) -> None:
     settings = dict(minibatch_size=2, beam_width=3, candidates_per_prompt=2, max_iterations=3)
-    # first minibatch 2 + one iteration (2 gradients, 1 summary, 2 edits, 3 prompts x 2 rows)
-    # + final validation of 4 prompts x 3 val rows
-    need = 2 + (2 + 1 + 2 + 6) + 12
+    # first minibatch 2 + one iteration of the expected cost (2 gradients, 1 summary,
+    # 2 edits, 2 children screened on 2 rows, the parent on the next 2 rows, and the half
+    # of the children expected to pass on 2 rows) + final validation of 4 prompts x 3 rows
+    need = 2 + (2 + 1 + 2 + 2 * 2 + 2 + 1 * 2) + 12
     ctx = optimizer(model, **settings).context()
     assert calls_needed_for_one_iteration(5, 3, ctx) == need
     with pytest.raises(ValueError, match=rf"max_llm_calls={need - 1} .* at least {need} "):
@@ -215,7 +216,7 @@ def test_budget_too_small_for_one_iteration_states_the_need(model: Any) -> None:
 def test_budget_of_exactly_the_need_makes_one_full_iteration() -> None:
     model = scripted()
     settings = dict(minibatch_size=2, beam_width=3, candidates_per_prompt=2, max_iterations=3)
-    need = 2 + (2 + 1 + 2 + 6) + 12
+    need = 2 + (2 + 1 + 2 + 2 * 2 + 2 + 1 * 2) + 12
     result = optimize(model, train=qa_rows(5), val=qa_rows(3, "v"), max_llm_calls=need,
                       **settings)
     assert result.iterations == 1 and result.stop_reason == "budget"

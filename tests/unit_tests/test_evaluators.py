@@ -44,8 +44,28 @@ def test_numeric_match(output: str, answer: str, score: float) -> None:
 
 
 def test_numeric_match_explains_itself() -> None:
-    assert numeric_match(out("none"), {"answer": "1"})["comment"] == "the output contains no number"
-    assert numeric_match(out("7"), {"answer": "1"})["comment"] == "final number 7, expected 1"
+    assert numeric_match(out("none"), {"answer": "1"})["comment"] == (
+        "the reply (1 word) contains no number; expected 1. The reply must end with the "
+        "final number.")
+    assert numeric_match(out("7"), {"answer": "1"})["comment"] == (
+        "the reply's final number is 7, expected 1")
+    # the right number, but not last: a form problem, said so
+    assert "1 does appear earlier in the reply" in numeric_match(
+        out("1 apple, so 2 boxes"), {"answer": "1"})["comment"]
+
+
+@pytest.mark.parametrize("reference", [{"answer": "four"}, {"answer": None}, {"answer": ""}])
+def test_numeric_match_scores_an_odd_reference_0_with_a_comment(reference: dict) -> None:
+    res = numeric_match(out("The answer is 4"), reference)
+    assert res["score"] == 0.0 and "contains no number" in res["comment"]
+
+
+def test_exact_match_says_when_the_answer_is_wrapped_in_other_text() -> None:
+    res = exact_match(out("Yes, the sentence is plausible."), {"answer": "yes"})
+    assert res["score"] == 0.0
+    assert "must be exactly 'yes'" in res["comment"]
+    assert "contains 'yes' but adds other text" in res["comment"]
+    assert "adds other text" not in exact_match(out("no"), {"answer": "yes"})["comment"]
 
 
 @pytest.mark.parametrize(
@@ -103,7 +123,8 @@ def test_choice_match(output: str, answer: str, score: float) -> None:
 
 
 def test_choice_match_without_a_letter_says_so() -> None:
-    assert choice_match(out("no idea"), {"answer": "A"})["comment"] == "no option letter found"
+    assert choice_match(out("no idea"), {"answer": "A"})["comment"].startswith(
+        "no option letter found in the reply (2 words: 'no idea'); expected A")
 
 
 # --- custom evaluators in LangSmith's shape ----------------------------------------------

@@ -38,6 +38,7 @@ def test_graph_drawing_shows_the_algorithm() -> None:
         "generate --> evaluate",
         "evaluate -. &nbsp;prune&nbsp; .-> gradient",
         "evaluate -. &nbsp;stop&nbsp; .-> finalize",
+        "evaluate -. &nbsp;more&nbsp; .-> generate",
         "gradient --> summarize",
         "summarize --> edit",
         "edit --> generate",
@@ -50,7 +51,8 @@ def test_graph_structure() -> None:
     assert set(graph.nodes) == {"__start__", "generate", "evaluate", "gradient", "summarize",
                                 "edit", "finalize", "__end__"}
     conditional = {(e.source, e.target, e.data) for e in graph.edges if e.conditional}
-    assert conditional == {("evaluate", "gradient", "prune"), ("evaluate", "finalize", "stop")}
+    assert conditional == {("evaluate", "gradient", "prune"), ("evaluate", "finalize", "stop"),
+                           ("evaluate", "generate", "more")}
     assert build_graph().compile().name == "LangGraph"
     assert create_gradsum_graph(name="mine").name == "mine"
 

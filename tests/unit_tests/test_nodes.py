@@ -8,6 +8,7 @@ import pytest
 from gradsum_fakes import FakeRuntime, context, output_in, qa_rows, scripted
 
 from langchain_gradsum import create_gradsum_graph
+from langchain_gradsum.beam import route
 from langchain_gradsum.data import minibatch_indices
 from langchain_gradsum.nodes import (
     edit,
@@ -58,7 +59,10 @@ def test_generate_makes_c0_and_runs_it_on_this_iterations_minibatch() -> None:
     assert out["beam"] == ["c0"] and out["iteration"] == 0
     c0 = out["candidates"]["c0"]
     assert (c0["id"], c0["template"], c0["parent_id"], c0["iteration"]) == ("c0", PROMPT, None, 0)
-    assert out["records"] == {f"c0|train|{i}": {"output": "A"} for i in batch}
+    assert out["batch"] == batch
+    # each output with the tokens it cost and whether it hit the token cap
+    assert out["records"] == {f"c0|train|{i}": {"output": "A", "output_tokens": 1,
+                                               "truncated": False} for i in batch}
     assert sorted(calls_of(model, "generate")) == sorted(f"Q: q{i}" for i in batch)
     assert out["usage"]["generate"]["calls"] == 2
     assert [(e["event"], e["iteration"], e["beam"]) for e in rt.events] == [
@@ -88,7 +92,7 @@ def test_generate_records_a_failed_call_as_an_error_and_counts_it() -> None:
     model = scripted(generate=gen)
     out = generate(loop_state(), FakeRuntime(context(model, max_concurrency=1)), {})
 
-    assert out["records"]["c0|train|0"] == {"output": "A"}
+    assert out["records"]["c0|train|0"]["output"] == "A"
     assert out["records"]["c0|train|1"]["error"] == "ValueError: bad request"
     assert out["counters"]["failed_calls"] == 1
     assert out["counters"]["generate_errors"] == 1
@@ -159,18 +163,21 @@ def test_evaluate_gives_a_failed_call_zero_without_asking_the_judge() -> None:
     assert out["candidates"]["c0"]["scores"] == {"0": 0.5}
 
 
-def test_evaluate_leaves_a_candidate_with_missing_outputs_unscored() -> None:
+def test_evaluate_leaves_the_decision_open_while_outputs_are_missing() -> None:
     model = scripted()
     state = loop_state(
         candidates={"c0": cand("c0"), "c1": cand("c1", "X {question}", parent="c0", it=1)},
         beam=["c0", "c1"],
         records={"c0|train|0": {"output": "B"}, "c0|train|1": {"output": "B"},
-                 "c1|train|0": {"output": "B"}},  # c1 row 1 missing (budget ran out)
+                 "c1|train|0": {"output": "B"}},  # c1 row 1 not generated yet
     )
-    out = evaluate(state, FakeRuntime(context(model)), {})
-    assert out["candidates"]["c0"]["scores"] == {"0": 1.0}
-    assert "c1" not in out["candidates"]
+    rt = FakeRuntime(context(model))
+    out = evaluate(state, rt, {})
     assert out["records"]["c1|train|0"]["score"] == 1.0
+    assert not out["candidates"] and out["beam"] == ["c0", "c1"]  # no score, no pruning yet
+    merged = {**state, **out, "records": {**state["records"], **out["records"]},
+              "candidates": {**state["candidates"], **out["candidates"]}}
+    assert route(merged, rt) == "more"
 
 
 def test_evaluate_judges_the_same_output_on_the_same_row_once() -> None:
@@ -246,7 +253,7 @@ def test_gradient_critiques_only_failing_outputs_worst_first() -> None:
 
     assert len(calls_of(model, "gradient")) == 2
     assert out["candidates"]["c0"]["gradients"] == {"0": ["fix for out1", "fix for out2"]}
-    assert out["beam"] == ["c0"]  # commits the pruned beam it was sent
+    assert "beam" not in out  # `evaluate` pruned it already
     first = calls_of(model, "gradient")[0]
     # the critic sees the prompt, the input, the output, the reference, score and feedback
     for shown in (PROMPT, "q1", "out1", "REF-ANSWER", "0.00", "fb1"):
@@ -325,7 +332,8 @@ def test_edit_writes_candidates_per_prompt_children_of_each_parent() -> None:
                                summaries={"0": "S1"})},
         beam=["c0", "c1"],
     )
-    rt = FakeRuntime(context(model, candidates_per_prompt=3))
+    rt = FakeRuntime(context(model, candidates_per_prompt=3,
+                             instruction_edits=False))
 
     out = edit(state, rt, {})
 
@@ -348,7 +356,7 @@ def test_edit_writes_candidates_per_prompt_children_of_each_parent() -> None:
         assert child["template"].startswith("BETTER v") and child["scores"] == {}
     assert out["beam"] == ["c0", "c1", *children]
     assert out["iteration"] == 1
-    assert [e["event"] for e in rt.events] == ["candidate"] * 6
+    assert [e["event"] for e in rt.events] == ["candidate"] * 6 + ["iteration"]
 
 
 def test_edit_uses_overridden_variants() -> None:
@@ -356,7 +364,7 @@ def test_edit_uses_overridden_variants() -> None:
 
     model = scripted()
     state = loop_state(candidates={"c0": cand("c0", summaries={"0": "S"})})
-    ctx = context(model, candidates_per_prompt=3, max_concurrency=1,
+    ctx = context(model, candidates_per_prompt=3, max_concurrency=1, instruction_edits=False,
                   meta_prompts=MetaPrompts(edit_variants=["ASK-ONE", "ASK-TWO"]))
     edit(state, FakeRuntime(ctx), {})
     edits = calls_of(model, "edit")
@@ -374,7 +382,8 @@ def test_edit_applies_the_variable_guard() -> None:
     model = scripted(edit=lambda text: next(replies))
     state = loop_state(candidates={"c0": cand("c0", summaries={"0": "S"})})
     rt = FakeRuntime(context(model, candidates_per_prompt=4, max_concurrency=1,
-                             repair_missing_variables=False, retry_unusable_edits=False))
+                             instruction_edits=False, repair_missing_variables=False,
+                             retry_unusable_edits=False))
 
     out = edit(state, rt, {})
 
@@ -397,7 +406,8 @@ def test_edit_repairs_a_lost_variable_by_appending_it_by_default() -> None:
     replies = iter(["<prompt>Solve it step by step.</prompt>", "<prompt>Fine: {question}</prompt>"])
     model = scripted(edit=lambda text: next(replies))
     state = loop_state(candidates={"c0": cand("c0", summaries={"0": "S"})})
-    rt = FakeRuntime(context(model, candidates_per_prompt=2, max_concurrency=1))
+    rt = FakeRuntime(context(model, candidates_per_prompt=2, max_concurrency=1,
+                             instruction_edits=False))
 
     out = edit(state, rt, {})
 
@@ -604,10 +614,12 @@ def test_one_iteration_through_the_graph() -> None:
                  if e["event"] == "validated"]
     assert validated[0] == ("c0", "val", 0.0)  # the initial prompt is validated first
     assert sorted(validated) == sorted((c, "val", cands[c]["val_score"]) for c in cands)
-    # iteration 0: c0 on 2 rows; iteration 1: the children on 2 rows and c0 on the rows
-    # of the new minibatch it has not seen; finalize: 3 finalists on 2 val rows
+    # iteration 0: c0 on 2 rows; iteration 1: each child screened on c0's 2 failures, then
+    # (both pass) the children and c0 on the rows of the new minibatch they have not
+    # seen; finalize: 3 finalists on 2 val rows
     b0, b1 = minibatch_indices(3, 2, 0, 0), minibatch_indices(3, 2, 0, 1)
-    n_generate = 2 + 2 * 2 + len(set(b1) - set(b0)) + 3 * 2
+    n_generate = 2 + 2 * 2 + 3 * len(set(b1) - set(b0)) + 3 * 2
+    assert kinds.count("screened") == 2
     assert model.calls_by_role() == {"generate": n_generate, "gradient": 2,
                                      "summarize": 1, "edit": 2}
     assert final["usage"]["generate"]["calls"] == n_generate

@@ -138,7 +138,8 @@ def test_rejected_and_repaired_candidates_are_counted_in_the_result() -> None:
     ] + [f"<prompt>BETTER {i} {{question}}</prompt>" for i in range(100)])
     model = scripted(edit=lambda text: next(replies))
     result = optimizer(model, candidates_per_prompt=2, max_concurrency=1, max_iterations=2,
-                       beam_width=1, repair_missing_variables=False).optimize(PROMPT, qa_rows(2))
+                       beam_width=1, repair_missing_variables=False, instruction_edits=False
+                       ).optimize(PROMPT, qa_rows(2))
     assert result.counters["rejected_candidates"] == 2
     assert result.counters["repaired_candidates"] == 2
     templates = {c["template"] for c in result.candidates.values()}
@@ -151,7 +152,8 @@ def test_rejected_and_repaired_candidates_are_counted_in_the_result() -> None:
 
 
 def test_result_lineage_history_and_json(tmp_path: Path) -> None:
-    model = scripted()
+    # the first edit does not help (it fails its screen); the second, from c0 again, does
+    model = scripted(generate=lambda text: "B" if "v2" in text else "A")
     result = optimizer(model, max_iterations=2, beam_width=1, candidates_per_prompt=1,
                        target_score=None).optimize(PROMPT, qa_rows(2))
     assert isinstance(result, OptimizationResult)
@@ -243,7 +245,7 @@ def test_the_initial_prompt_is_validated_first_when_retries_eat_the_reserve() ->
     # need = 2 (c0 on the minibatch) + 7 (one iteration) + 8 (2 prompts x 2 val rows x 2)
     result = optimizer(model, evaluators=[], criteria="Say B.", beam_width=1,
                        candidates_per_prompt=1, max_iterations=1, minibatch_size=1,
-                       max_llm_calls=17, max_retries=3, max_concurrency=1,
+                       max_llm_calls=17, max_retries=3, max_concurrency=1, screen_size=0,
                        ).optimize(PROMPT, qa_rows(1), qa_rows(2, prefix="v"))
 
     assert len(model.calls) == result.total_calls == 17

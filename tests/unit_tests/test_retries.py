@@ -167,11 +167,15 @@ def test_parse_retries_take_budget_too() -> None:
 
 
 def test_retries_count_against_max_llm_calls_end_to_end() -> None:
-    settings = dict(max_iterations=5, minibatch_size=2, beam_width=1, candidates_per_prompt=1)
+    # screening off: every child is scored on the batch; a row no prompt solves keeps the
+    # search going to the cap
+    settings = dict(max_iterations=5, minibatch_size=2, beam_width=1, candidates_per_prompt=1,
+                    screen_size=0)
+    rows = qa_rows(4) + qa_rows(1, "hard", answer="C")
     calm, flaky = scripted(), scripted(fail_first(1, RateLimited()))
     budget = 30
-    r_calm = optimizer(calm, max_llm_calls=budget, **settings).optimize(PROMPT, qa_rows(4))
-    r_flaky = optimizer(flaky, max_llm_calls=budget, **settings).optimize(PROMPT, qa_rows(4))
+    r_calm = optimizer(calm, max_llm_calls=budget, **settings).optimize(PROMPT, rows)
+    r_flaky = optimizer(flaky, max_llm_calls=budget, **settings).optimize(PROMPT, rows)
     for model, result in ((calm, r_calm), (flaky, r_flaky)):
         assert len(model.calls) == result.total_calls <= budget
     assert r_flaky.counters["retries"] > 0

@@ -149,8 +149,9 @@ def test_chat_prompt_with_system_message_optimizes_the_system_message() -> None:
     assert msgs[0].content == f"{GOOD}: answer as a pirate."
     assert msgs[1].content == "Question: 2+2?"
     # the edit was asked to keep the slot's variable, and the model saw the full chat
-    edit_prompt = next(t for r, t, _ in model.calls if r == "edit")
-    assert "You answer in the voice of a {persona}." in edit_prompt
+    edits = [t for r, t, _ in model.calls if r == "edit"]
+    edit_prompt = next(t for t in edits if "Write an improved prompt" in t)  # a rewrite
+    assert all("You answer in the voice of a {persona}." in t for t in edits)
     assert edit_prompt.count("{persona}") >= 2  # in the prompt and in the list to keep
     assert "{question}" not in edit_prompt  # the human message is not being optimized
     assert any(t.startswith("You answer in the voice of a ") and "Question: q0" in t

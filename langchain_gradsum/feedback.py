@@ -1,0 +1,137 @@
+"""What the optimizer LLM is shown about a prompt's failures: evidence a small model can act on.
+
+Pure functions of the state: the measured facts about a candidate's outputs on the
+current batch (how many failed, whether the expected answer was in the reply but in
+the wrong form, how long replies are, what expected answers look like, what the
+evaluators said), the kinds of mistake its critiques name, and the earlier edits of
+the same prompt that did not help.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from langchain_gradsum.prompts import MISTAKE_KINDS
+from langchain_gradsum.state import Candidate, Example, Record, record_key
+
+__all__ = ["critique_kind", "edit_history", "evidence", "kind_counts"]
+
+FULL_MARKS = 1.0 - 1e-9
+_KIND = re.compile(r"^\W*kind\W*[:\-]\s*\**\s*([a-z]+)", re.I | re.M)
+_WORD = re.compile(r"[^\w\s]")
+
+
+def critique_kind(critique: str) -> str:
+    """The mistake kind a critique names on its ``Kind:`` line, else ``"other"``."""
+    m = _KIND.search(critique)
+    kind = m.group(1).lower() if m else ""
+    return kind if kind in MISTAKE_KINDS else "other"
+
+
+def kind_counts(critiques: Sequence[str]) -> str:
+    """``"format 3, reasoning 1"``: the kinds the critiques name, most frequent first."""
+    counts = Counter(critique_kind(c) for c in critiques)
+    return ", ".join(f"{k} {n}" for k, n in counts.most_common())
+
+
+def _norm(text: str) -> str:
+    return " ".join(_WORD.sub(" ", text.lower()).split())
+
+
+def _answer(example: Example) -> str | None:
+    ref = example.get("outputs") or {}
+    value = ref.get("answer", next(iter(ref.values()), None) if len(ref) == 1 else None)
+    return None if value is None else str(value).strip()
+
+
+def _contains(reply: str, answer: str) -> bool:
+    a = _norm(answer)
+    return bool(a) and f" {a} " in f" {_norm(reply)} "
+
+
+def evidence(
+    records: Mapping[str, Record],
+    candidate_id: str,
+    rows: Sequence[int],
+    train: Sequence[Example],
+    *,
+    max_comments: int = 3,
+) -> str:
+    """Measured facts about one candidate's outputs on `rows`, as short lines.
+
+    Everything here is computed, not generated: counts, lengths, the form of the
+    expected answers, and the evaluators' own comments on failed rows.
+    """
+    recs = [(i, records.get(record_key(candidate_id, "train", i))) for i in rows]
+    recs = [(i, r) for i, r in recs if r is not None and "score" in r]
+    if not recs:
+        return "- (nothing measured yet)"
+    failed = [(i, r) for i, r in recs if r["score"] < FULL_MARKS]
+    lines = [f"- {len(failed)} of {len(recs)} replies fell short of full marks."]
+    replies = [r.get("output") or "" for _, r in recs]
+    words = sum(len(t.split()) for t in replies) / len(replies)
+    answers = [a for i, _ in recs if (a := _answer(train[i])) is not None]
+    if answers:
+        ans_words = sum(len(a.split()) for a in answers) / len(answers)
+        lines.append(f"- Replies are {words:.0f} words long on average; expected answers "
+                     f"are {ans_words:.0f} word{'s' if round(ans_words) != 1 else ''}.")
+        shapes = list(dict.fromkeys(a if len(a) <= 40 else a[:40] + "..." for a in answers))
+        lines.append("- Expected answers look like: " + "; ".join(repr(a) for a in shapes[:3]))
+    else:
+        lines.append(f"- Replies are {words:.0f} words long on average.")
+    if failed:
+        present = sum(1 for i, r in failed if (a := _answer(train[i])) is not None
+                      and len(a) <= 60 and _contains(r.get("output") or "", a))
+        if present:
+            lines.append(f"- {present} of the {len(failed)} failed replies contain the "
+                         "expected answer, yet fail: their form is the problem, not their "
+                         "content.")
+        cut = sum(1 for _, r in failed if r.get("truncated"))
+        if cut:
+            lines.append(f"- {cut} of the {len(failed)} failed replies were cut off at the "
+                         "length limit before they finished: ask for a shorter reply.")
+        comments = []
+        for _, r in failed:
+            for line in (r.get("feedback") or "").splitlines():
+                text = line.strip()
+                if text and text not in comments:
+                    comments.append(text)
+        if comments:
+            lines.append("- The evaluation said: " + " | ".join(
+                c if len(c) <= 300 else c[:300] + "..." for c in comments[:max_comments]))
+    return "\n".join(lines)
+
+
+def edit_history(candidates: Mapping[str, Candidate], parent_id: str, *, limit: int = 2,
+                 clip: int = 300) -> str:
+    """Earlier children of `parent_id` that did not beat it, for the editor to avoid.
+
+    A child did not help if it failed its screen (fixed none of the failures it was
+    written for) or scored below its parent on the same batch.
+    """
+    parent = candidates[parent_id]
+    lines = []
+    for cand in candidates.values():
+        if cand["parent_id"] != parent_id:
+            continue
+        screen = cand.get("screen") or {}
+        why = None
+        if screen.get("passed") is False:
+            why = (f"it scored {screen.get('score', 0):.2f} on the failed examples it was "
+                   f"written for, the current prompt {screen.get('parent_score', 0):.2f}")
+        else:
+            for it, score in cand["scores"].items():
+                if it in parent["scores"] and score < parent["scores"][it]:
+                    why = f"it scored {score:.2f}, the current prompt {parent['scores'][it]:.2f}"
+                    break
+        if why is None:
+            continue
+        text = " ".join(cand["template"].split())
+        text = text if len(text) <= clip else text[:clip] + "..."
+        lines.append(f"- {text!r}: {why}")
+    if not lines:
+        return ""
+    return ("\nEarlier edits of this prompt that did not help (do not repeat them):\n"
+            + "\n".join(lines[-limit:]) + "\n")
