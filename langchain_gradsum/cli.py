@@ -352,6 +352,15 @@ def optimize(
     no_edit_retry: Annotated[bool, typer.Option(
         "--no-edit-retry", help="Do not re-ask the editor when its prompt is rejected "
         "or repeats an earlier one.")] = False,
+    screen_size: Annotated[int, typer.Option(
+        "--screen-size", help="Score a new child first on this many of the failures it was "
+        "written for; only one that beats its parent there is scored further (0: off).")] = 2,
+    no_instruction_edits: Annotated[bool, typer.Option(
+        "--no-instruction-edits", help="Write every child as a rewrite (by default a "
+        "parent's first child adds one instruction).")] = False,
+    no_prefer_short: Annotated[bool, typer.Option(
+        "--no-prefer-short", help="At equal validation score, do not prefer the prompt "
+        "with shorter outputs.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the minibatch sampling.")] = 0,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Directory to write result.json and report.html into.",
@@ -418,6 +427,9 @@ def optimize(
             repair_missing_variables=not no_repair,
             reject_copied_examples=not allow_copied_examples,
             retry_unusable_edits=not no_edit_retry,
+            screen_size=screen_size,
+            instruction_edits=not no_instruction_edits,
+            prefer_short_outputs=not no_prefer_short,
             seed=seed,
         )
         _check_settings(knobs, template, train_rows, val_rows)

@@ -116,6 +116,9 @@ def report(result: OptimizationResult, out: Path) -> None:
     print("winning prompt:\n" + "-" * 72 + f"\n{result.best_template}\n" + "-" * 72)
     by_role = ", ".join(f"{r} {u['calls']}" for r, u in result.usage.items())
     print(f"LLM calls: {result.total_calls} ({by_role}); tokens: {result.total_tokens}")
+    start, best = result.mean_output_tokens("c0"), result.mean_output_tokens()
+    if start is not None and best is not None:
+        print(f"output tokens per task call: initial {start:.0f} -> best {best:.0f}")
     if result.counters:
         print(f"events: {result.counters}")
     print(f"wall time: {result.wall_time_s:.0f} s")

@@ -95,6 +95,16 @@ class OptimizationResult:
             cid = self.candidates[cid]["parent_id"]
         return chain[::-1]
 
+    def mean_output_tokens(self, candidate_id: str | None = None) -> float | None:
+        """Mean generated tokens per task call of a candidate (default: the best) on the
+        split it was picked on; ``None`` where the provider reported no token counts.
+        On a CPU, output tokens are most of a call's time."""
+        cid = candidate_id or self.best_id
+        split = "val" if self.split == "val" else "train"
+        counts = [r["output_tokens"] for k, r in self.records.items()
+                  if k.startswith(f"{cid}|{split}|") and "output_tokens" in r]
+        return sum(counts) / len(counts) if counts else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "best_template": self.best_template,
@@ -107,6 +117,8 @@ class OptimizationResult:
             "total_calls": self.total_calls,
             "total_tokens": self.total_tokens,
             "wall_time_s": self.wall_time_s,
+            "mean_output_tokens": {"initial": self.mean_output_tokens("c0"),
+                                   "best": self.mean_output_tokens()},
             "usage": self.usage,
             "counters": self.counters,
             "candidates": self.candidates,

@@ -302,6 +302,9 @@ def _summary(run: _Run) -> str:
          f"after {_int(d.get('iterations'))} iteration(s)"),
         ("LLM calls", _int(calls), f"of a budget of {_int(budget)}" if budget else "no budget cap"),
         ("Tokens", _int(tokens), "input + output"),
+        ("Output tokens per call", _fmt_tokens((d.get("mean_output_tokens") or {}).get("best")),
+         "best prompt; initial "
+         + _fmt_tokens((d.get("mean_output_tokens") or {}).get("initial"))),
         ("Wall time", _duration(d.get("wall_time_s")), f"{len(run.ids)} candidate(s) written"),
     ]
     html_cards = "".join(
@@ -312,6 +315,10 @@ def _summary(run: _Run) -> str:
 
 
 # --- score chart ---------------------------------------------------------------------
+
+
+def _fmt_tokens(value: Any) -> str:
+    return f"{value:.0f}" if isinstance(value, int | float) else "–"
 
 
 def _score_chart(run: _Run) -> str:

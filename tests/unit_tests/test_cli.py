@@ -116,13 +116,16 @@ def test_every_knob_flag_reaches_the_optimizer(fake_local: dict[str, Any],
     res = runner.invoke(app, [*base_args(data), "--out", str(out), "--quiet",
                               "--max-gradients-per-prompt", "1", "--max-retries", "0",
                               "--no-repair", "--allow-copied-examples", "--no-summarize",
-                              "--no-edit-retry"])
+                              "--no-edit-retry", "--screen-size", "0",
+                              "--no-instruction-edits", "--no-prefer-short"])
     assert res.exit_code == 0, res.output
     settings = json.loads((out / "result.json").read_text(encoding="utf-8"))["run"]["settings"]
     assert settings["max_gradients_per_prompt"] == 1 and settings["max_retries"] == 0
     assert settings["repair_missing_variables"] is False
     assert settings["reject_copied_examples"] is False and settings["summarize"] is False
     assert settings["retry_unusable_edits"] is False
+    assert settings["screen_size"] == 0 and settings["instruction_edits"] is False
+    assert settings["prefer_short_outputs"] is False
 
 
 def test_prompt_from_file_and_quiet(fake_local: dict[str, Any], data: dict[str, Path],
@@ -242,6 +245,7 @@ def test_help_is_complete() -> None:
                  "--patience", "--target-score", "--max-llm-calls", "--max-concurrency",
                  "--no-summarize", "--seed", "--out", "--max-gradients-per-prompt",
                  "--max-retries", "--no-repair", "--allow-copied-examples", "--no-edit-retry",
+                 "--screen-size", "--no-instruction-edits", "--no-prefer-short",
                  "numeric_match",
                  "exact_match", "contains_answer", "choice_match", "@FILE", "local"):
         assert flag in res.output, flag

@@ -1,0 +1,198 @@
+"""The search's new parts: added-instruction edits, screens, evidence for the editor,
+mistake kinds, more rows for a solved batch, and the cost-aware final pick."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradsum_fakes import GOOD, FakeRuntime, context, optimizer, qa_rows, scripted
+
+from langchain_gradsum.feedback import critique_kind, edit_history, evidence, kind_counts
+from langchain_gradsum.nodes import edit, finalize, new_candidate, summarize
+from langchain_gradsum.testing import ScriptedChatModel
+
+PROMPT = "Q: {question}"
+
+
+def cand(cid: str, template: str = PROMPT, *, parent: str | None = None, it: int = 0,
+         **fields: Any) -> dict[str, Any]:
+    return {**new_candidate(cid, template, parent_id=parent, iteration=it, summary=None),
+            **fields}
+
+
+def failing_state(**extra: Any) -> dict[str, Any]:
+    """c0 after iteration 0 on rows 0-2: rows 0 and 2 failed (row 2 worst), row 1 right."""
+    records = {"c0|train|0": {"output": "The answer is yes, clearly.", "score": 0.5,
+                              "feedback": "exact_match: 0 (the whole reply must be 'yes')"},
+               "c0|train|1": {"output": "yes", "score": 1.0, "feedback": "ok"},
+               "c0|train|2": {"output": "no idea", "score": 0.0, "feedback": "wrong"}}
+    state: dict[str, Any] = {
+        "prompt": PROMPT, "train": qa_rows(3, answer="yes"), "val": [], "iteration": 0,
+        "batch": [0, 1, 2], "candidates": {"c0": cand("c0", summaries={"0": "SUMMARY"})},
+        "beam": ["c0"], "records": records,
+    }
+    state.update(extra)
+    return state
+
+
+def edits_of(model: ScriptedChatModel) -> list[str]:
+    return [text for role, text, _ in model.calls if role == "edit"]
+
+
+# --- edits ----------------------------------------------------------------------------
+
+
+def test_the_first_child_appends_one_instruction_the_others_are_rewrites() -> None:
+    def reply(text: str) -> str:
+        if "Write the one instruction" in text:
+            return "Sure. <instruction>Reply with only yes or no, {like this}.</instruction>"
+        return f"<prompt>{GOOD}: {{question}}</prompt>"
+
+    model = scripted(edit=reply)
+    rt = FakeRuntime(context(model, candidates_per_prompt=2, max_concurrency=1, screen_size=2))
+    out = edit(failing_state(), rt, {})
+
+    c1, c2 = out["candidates"]["c1"], out["candidates"]["c2"]
+    # the instruction goes after the parent; its braces render literally
+    assert c1["template"] == "Q: {question}\nReply with only yes or no, {{like this}}."
+    assert c1["strategy"] == "instruction" and c2["strategy"] == "rewrite:0"
+    assert c2["template"] == f"{GOOD}: {{question}}"
+    # each child is screened on its parent's worst failures first
+    assert c1["screen"] == {"rows": [2, 0], "parent_score": 0.25, "score": None,
+                            "passed": None}
+    # the editor saw the summary and the measured evidence
+    ask = edits_of(model)[0]
+    assert "SUMMARY" in ask and "2 of 3 replies fell short" in ask
+    assert "contain the expected answer, yet fail" in ask
+    assert out["batch"] and out["iteration"] == 1
+
+
+def test_an_instruction_edit_that_is_a_whole_prompt_is_taken_as_such() -> None:
+    model = scripted(edit=lambda text: "<prompt>Answer yes or no: {question}</prompt>")
+    out = edit(failing_state(), FakeRuntime(context(model, candidates_per_prompt=1)), {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        "Answer yes or no: {question}"]
+
+
+def test_without_instruction_edits_every_child_is_a_rewrite() -> None:
+    model = scripted()
+    out = edit(failing_state(), FakeRuntime(context(model, candidates_per_prompt=2,
+                                                    instruction_edits=False)), {})
+    assert {c["strategy"] for c in out["candidates"].values()} == {"rewrite:0", "rewrite:1"}
+    assert all("Write an improved prompt" in t for t in edits_of(model))
+
+
+def test_without_screening_children_go_straight_to_the_batch() -> None:
+    model = scripted()
+    out = edit(failing_state(), FakeRuntime(context(model, screen_size=0)), {})
+    assert all(c["screen"] is None for c in out["candidates"].values())
+
+
+def test_the_editor_sees_the_earlier_edits_of_this_parent_that_did_not_help() -> None:
+    failed = cand("c1", "Q: {question}\nBe brief.", parent="c0", it=1,
+                  screen={"rows": [2], "parent_score": 0.0, "score": 0.0, "passed": False})
+    worse = cand("c2", "Q: {question}\nThink.", parent="c0", it=1, scores={"1": 0.2})
+    good = cand("c3", "Q: {question}\nGood.", parent="c0", it=1, scores={"1": 0.9})
+    c0 = cand("c0", scores={"0": 0.5, "1": 0.5}, summaries={"0": "S"})
+    cands = {"c0": c0, "c1": failed, "c2": worse, "c3": good}
+    history = edit_history(cands, "c0")
+    assert "Be brief." in history and "Think." in history and "Good." not in history
+    assert "did not help" in history
+    model = scripted()
+    state = failing_state(candidates=cands)
+    edit(state, FakeRuntime(context(model, candidates_per_prompt=1)), {})
+    assert "Be brief." in edits_of(model)[0]
+
+
+# --- critiques and summaries ------------------------------------------------------------
+
+
+def test_critique_kinds_are_read_from_the_kind_line_and_counted() -> None:
+    assert critique_kind("Kind: format\nThe reply adds words.") == "format"
+    assert critique_kind("**Kind:** Reasoning. A step is wrong.") == "reasoning"
+    assert critique_kind("The reply is wrong.") == "other"
+    assert critique_kind("Kind: banana") == "other"
+    assert kind_counts(["Kind: format", "kind - format", "Kind: misread"]) == (
+        "format 2, misread 1")
+
+
+def test_the_summary_sees_the_evidence_and_the_kinds() -> None:
+    model = scripted(summarize=lambda text: "merged")
+    c0 = cand("c0", gradients={"0": ["Kind: format\nAdd 'reply with only yes'.",
+                                     "Kind: format\nToo long."]})
+    summarize(failing_state(candidates={"c0": c0}), FakeRuntime(context(model)), {})
+    ask = next(t for r, t, _ in model.calls if r == "summarize")
+    assert "Kinds of mistake the critiques name: format 2." in ask
+    assert "2 of 3 replies fell short" in ask
+
+
+def test_evidence_reports_form_failures_truncation_and_answer_shapes() -> None:
+    state = failing_state()
+    state["records"]["c0|train|2"]["truncated"] = True
+    text = evidence(state["records"], "c0", [0, 1, 2], state["train"])
+    assert "2 of 3 replies fell short of full marks" in text
+    assert "1 of the 2 failed replies contain the expected answer" in text
+    assert "1 of the 2 failed replies were cut off at the length limit" in text
+    assert "Expected answers look like: 'yes'" in text
+    assert "the whole reply must be 'yes'" in text  # the evaluator's own comment
+
+
+# --- the whole loop ---------------------------------------------------------------------
+
+
+def test_a_format_fix_found_by_an_added_instruction_wins() -> None:
+    """The task model answers in a sentence unless told to reply with only the answer;
+    the editor's added instruction says so; the child passes its screen and wins."""
+
+    def generate(text: str) -> str:
+        return "B" if "only the letter" in text else "The answer is B."
+
+    def edit_reply(text: str) -> str:
+        if "Write the one instruction" in text:
+            return "<instruction>Reply with only the letter.</instruction>"
+        return "<prompt>Think hard about {question}</prompt>"
+
+    model = scripted(generate=generate, edit=edit_reply)
+    result = optimizer(model, minibatch_size=3, max_iterations=2, beam_width=2,
+                       candidates_per_prompt=2).optimize(PROMPT, qa_rows(6), qa_rows(3, "v"))
+    assert result.best_template == "Q: {question}\nReply with only the letter."
+    assert result.initial_score == 0.0 and result.best_score == 1.0
+    screens = {c: v["screen"]["passed"] for c, v in result.candidates.items() if v["screen"]}
+    assert screens == {"c1": True, "c2": False}  # the rewrite fixed nothing: not scored on
+    assert not any(k.startswith("c2|train|") and int(k.rsplit("|", 1)[1]) not in
+                   result.candidates["c2"]["screen"]["rows"] for k in result.records)
+
+
+def test_a_solved_training_set_stops_with_train_solved() -> None:
+    model = scripted(generate=lambda text: "B")
+    result = optimizer(model, minibatch_size=2, max_iterations=5).optimize(PROMPT, qa_rows(5))
+    assert result.stop_reason == "train_solved" and result.iterations == 0
+    assert model.calls_by_role() == {"generate": 5}  # every row tried, nothing to learn
+
+
+def test_at_equal_score_the_prompt_with_shorter_outputs_wins() -> None:
+    def generate(text: str) -> str:  # the fake counts one output token per word
+        return "B " + "because " * 89 if text.startswith("Long") else "B"
+
+    def has_b(outputs: dict) -> float:
+        return float(outputs["output"].startswith("B"))
+
+    model = scripted(generate=generate)
+    state = {"prompt": PROMPT, "train": qa_rows(2), "val": qa_rows(2, "v"), "iteration": 1,
+             "candidates": {"c0": cand("c0"), "c1": cand("c1", "Long {question}", parent="c0"),
+                            "c2": cand("c2", "Short {question}", parent="c0")},
+             "beam": ["c1", "c2"], "records": {}}
+    for prefer, best in ((True, "c2"), (False, "c1")):
+        ctx = context(model, prefer_short_outputs=prefer, evaluators=(has_b,))
+        out = finalize(state, FakeRuntime(ctx), {})
+        assert out["best_id"] == best
+    records = out["records"]
+    assert records["c1|val|0"]["output_tokens"] == 90 and records["c2|val|0"]["output_tokens"] == 1
+
+
+def test_the_result_reports_output_tokens_of_the_start_and_the_best_prompt() -> None:
+    model = scripted()
+    result = optimizer(model, max_iterations=1).optimize(PROMPT, qa_rows(3), qa_rows(2, "v"))
+    assert result.mean_output_tokens("c0") == 1.0  # the fake counts one token per word
+    assert result.to_dict()["mean_output_tokens"] == {
+        "initial": 1.0, "best": result.mean_output_tokens()}
