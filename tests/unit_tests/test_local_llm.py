@@ -168,6 +168,66 @@ def test_local_chat_model_uses_env_url(monkeypatch: pytest.MonkeyPatch) -> None:
     assert llm.extra_body == {"max_tokens": 512, "stop": ["\n"]}
 
 
+def test_local_chat_model_serves_function_calling_as_json_schema() -> None:
+    """llama-server cannot force a tool call for this model: the judge gets a JSON schema."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pydantic import BaseModel
+
+    class Verdict(BaseModel):
+        reasoning: str
+        score: float
+
+    bodies: list[dict[str, object]] = []
+    replies = [  # a whole reply, then one cut off at max_tokens
+        ("stop", json.dumps({"reasoning": "matches", "score": 1})),
+        ("length", '{"reasoning": "The output says 18, which is what the'),
+    ]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            finish, content = replies[len(bodies) - 1]
+            data = json.dumps({
+                "id": "x", "object": "chat.completion", "created": 0, "model": "local",
+                "choices": [{"index": 0, "finish_reason": finish,
+                             "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+            }).encode()  # fmt: skip
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        llm = local_chat_model(f"http://127.0.0.1:{httpd.server_address[1]}/v1", max_tokens=64)
+        judge = llm.with_structured_output(Verdict, method="function_calling", include_raw=True)
+        result = judge.invoke("grade this")
+        truncated = judge.invoke("grade this too")  # a parsing error, not an exception
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert result["parsed"] == Verdict(reasoning="matches", score=1.0)
+    assert result["parsing_error"] is None
+    assert result["raw"].usage_metadata["output_tokens"] == 5
+    assert truncated["parsed"] is None and truncated["parsing_error"] is not None
+    body = bodies[0]
+    assert "tools" not in body and "tool_choice" not in body
+    response_format = body["response_format"]
+    assert response_format["type"] == "json_schema"  # type: ignore[index]
+    assert response_format["json_schema"]["schema"] == Verdict.model_json_schema()  # type: ignore[index]
+    assert body["max_tokens"] == 64
+    plain = local_chat_model("http://127.0.0.1:9/v1").with_structured_output(Verdict)
+    assert plain.last.pydantic_object is Verdict  # type: ignore[attr-defined]
+
+
 def test_local_chat_model_without_url_explains_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(BASE_URL_ENV, raising=False)
     with pytest.raises(LocalLLMError, match=f"{BASE_URL_ENV}.*local_llm serve"):
