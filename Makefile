@@ -99,9 +99,12 @@ clean:
 # --- benchmarks (benchmarks/README.md) ---------------------------------------------------
 #   make bench-efficiency   framework overhead with a fixed-latency fake model (~1 min)
 #   make bench              GRAD-SUM vs DSPy on the local LLM (BENCH_ARGS to choose tasks)
+#   make bench-serving      llama-server vs llama-cpp-python's server (~25 min; the first
+#                           run also builds llama-cpp-python, ~6 min, for the old server)
 BENCH_ARGS ?= --tasks svamp
+SERVING_ARGS ?= --server both
 
-.PHONY: bench bench-efficiency install-bench
+.PHONY: bench bench-efficiency bench-serving install-bench
 
 $(STAMP)-install-bench: pyproject.toml | $(PY)
 	$(PIP) install -e '.[local,bench,test]'
@@ -116,3 +119,11 @@ bench: install-bench
 	$(LOCAL) build
 	$(LOCAL) assemble
 	$(LOCAL) run -- $(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# The old server, for the comparison only: never part of the runtime install.
+$(STAMP)-install-old-server: | $(PY)
+	$(PIP) install 'llama-cpp-python[server]==0.3.36'
+	@touch $@
+
+bench-serving: local-llm $(STAMP)-install-old-server
+	$(PY) benchmarks/serving.py $(SERVING_ARGS)
