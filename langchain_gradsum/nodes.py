@@ -318,6 +318,9 @@ class _EditGuard:
         self.examples = [_show_inputs(ex) for ex in [*state["train"], *(state.get("val") or [])]
                          ] if ctx.reject_copied_examples else []
 
+    def evidence(self, cid: str) -> str:
+        return _evidence(self.state, self.ctx, cid)
+
     def proposal(self, job: EditJob, reply: str) -> str:
         """The new prompt text a reply proposes (an added instruction is appended)."""
         if job[3] != "instruction":
@@ -342,6 +345,12 @@ class _EditGuard:
         elif self.examples and (copied := copied_example(
                 template, self.examples, original=self.state["prompt"])) is not None:
             why = f"rejected: copies example {copied} of the data"
+        elif copied_example(template, [self.evidence(job[0])],
+                            original=self.state["prompt"]) is not None:
+            # small editors paste the measurements in: they describe past outputs, they
+            # are not instructions
+            why = ("rejected: copies the evaluation's measurements into the prompt; write "
+                   "instructions instead")
         elif _normalize(template) in self.seen:
             self.caller.count("duplicate_candidates")
             return None, "duplicate: the same as a prompt already tried"

@@ -74,6 +74,17 @@ def test_an_instruction_edit_that_is_a_whole_prompt_is_taken_as_such() -> None:
         "Answer yes or no: {question}"]
 
 
+def test_a_rewrite_that_pastes_in_the_evidence_is_rejected() -> None:
+    pasted = ("<prompt>Answer {question}. The evaluation measured on the examples: - 2 of 3 "
+              "replies fell short of full marks.</prompt>")
+    model = scripted(edit=lambda text: pasted)
+    rt = FakeRuntime(context(model, candidates_per_prompt=1, instruction_edits=False,
+                             retry_unusable_edits=False))
+    out = edit(failing_state(), rt, {})
+    assert out["candidates"] == {} and out["counters"]["rejected_candidates"] == 1
+    assert "copies the evaluation's measurements" in rt.events[0]["why"]
+
+
 def test_without_instruction_edits_every_child_is_a_rewrite() -> None:
     model = scripted()
     out = edit(failing_state(), FakeRuntime(context(model, candidates_per_prompt=2,
