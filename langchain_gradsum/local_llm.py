@@ -724,7 +724,7 @@ def build_server(
     checked with ``--version`` and stamped, and the sources and objects are deleted.
 
     Args:
-        jobs: Parallel compile jobs; defaults to the number of CPUs.
+        jobs: Parallel compile jobs; defaults to the number of CPUs (at most 8).
         force: Rebuild even if a current build is installed.
         build_dir: An existing cmake build directory of the pinned source to reuse
             (``cmake --build`` there, a no-op if it is finished); defaults to
@@ -745,7 +745,7 @@ def build_server(
             _check_runs(dest)
             return dest
         cmake = _find_cmake()
-        jobs = jobs or os.cpu_count() or 2
+        jobs = jobs or min(os.cpu_count() or 2, 8)  # each job can take ~1 GB
         work = cache_dir() / "build"
         log = _BuildLog(_build_log_path())
         started = time.monotonic()

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -430,9 +429,9 @@ def test_a_running_server_is_shared_not_started_twice(
 # ------------------------------------------------------------- a fake llama-server
 
 # Parses llama-server's flags, records them, answers GET /health with 503 while it
-# "loads the model" (FAKE_LOADING_S seconds), then 200, like llama-server.
+# "loads the model" (the first FAKE_LOADING_PROBES probes), then 200, like llama-server.
 FAKE_LLAMA_SERVER = r"""
-import argparse, json, os, sys, threading, time
+import argparse, json, os, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 if sys.argv[1:] == ["--version"]:
@@ -446,12 +445,12 @@ record = os.environ.get("FAKE_RECORD")
 if record:
     with open(record, "a") as f:
         f.write(json.dumps(sys.argv[1:]) + "\n")
-ready_at = time.monotonic() + float(os.environ.get("FAKE_LOADING_S", "0.6"))
+loading_probes = int(os.environ.get("FAKE_LOADING_PROBES", "2"))
 health = []
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
-        loading = time.monotonic() < ready_at
+        loading = health.count(503) < loading_probes
         if self.path == "/health":
             health.append(503 if loading else 200)
             code, body = (503, {"error": {"message": "Loading model"}}) if loading else (
@@ -496,20 +495,14 @@ def _recorded_argv(tmp_path: Path) -> list[list[str]]:
 def test_server_is_ready_only_when_health_says_200(
     fake_llama_server: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FAKE_LOADING_S", "1.0")
+    monkeypatch.setenv("FAKE_LOADING_PROBES", "3")
     server = LocalLLMServer(slots=3).start()
     try:
-        seen_loading = False
-        for _ in range(200):
-            if server_is_ready(server.base_url):
-                break
-            seen_loading = seen_loading or _health_status(server.base_url) == 503
-            assert server.running
-            time.sleep(0.05)
-        assert seen_loading  # it answered 503 (loading) before 200...
-        assert server.wait_ready(timeout=10) is server  # ...and is ready now
+        assert server.wait_ready(timeout=60) is server
         status, body = local_llm._http_get(server.base_url[:-3] + "/health", 2)
-        assert status == 200 and 503 in json.loads(body)["probes"]
+        # wait_ready polled through three "loading" answers and returned on the first 200
+        assert status == 200
+        assert json.loads(body)["probes"] == [503, 503, 503, 200, 200]
     finally:
         server.stop()
     assert not server.running
@@ -522,25 +515,22 @@ def test_server_is_ready_only_when_health_says_200(
     assert "main: loading model" in server.log_path.read_text()  # type: ignore[union-attr]
 
 
-def _health_status(base_url: str) -> int | None:
-    try:
-        return local_llm._http_get(base_url[:-3] + "/health", 1)[0]
-    except OSError:
-        return None
-
-
-def test_server_without_health_endpoint_is_ready_if_it_lists_models(tmp_path: Path) -> None:
-    """Another OpenAI-compatible server (404 on /health) is judged by GET /v1/models."""
+def test_server_is_ready_reads_health_then_falls_back_to_model_list(tmp_path: Path) -> None:
+    """503 on /health is "loading"; a server without /health (404) is judged by /v1/models."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Handler(BaseHTTPRequestHandler):
+        health = 404
         models = True
 
         def do_GET(self) -> None:
-            ok = self.path == "/v1/models" and Handler.models
-            data = json.dumps({"data": []} if ok else {"detail": "Not Found"}).encode()
-            self.send_response(200 if ok else 404)
+            if self.path == "/health":
+                code = Handler.health
+            else:
+                code = 200 if self.path == "/v1/models" and Handler.models else 404
+            data = json.dumps({"data": []} if code == 200 else {"detail": "no"}).encode()
+            self.send_response(code)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -555,6 +545,12 @@ def test_server_without_health_endpoint_is_ready_if_it_lists_models(tmp_path: Pa
         assert server_is_ready(url)
         Handler.models = False
         assert not server_is_ready(url)
+        Handler.health = 503  # llama-server loading the model
+        Handler.models = True
+        assert not server_is_ready(url)
+        Handler.health = 200
+        Handler.models = False
+        assert server_is_ready(url)
     finally:
         httpd.shutdown()
         httpd.server_close()
