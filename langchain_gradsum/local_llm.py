@@ -72,6 +72,7 @@ __all__ = [
     "running_local_llm",
     "server_binary",
     "server_is_ready",
+    "server_slots",
 ]
 
 MODEL_FILENAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -861,6 +862,31 @@ def server_is_ready(base_url: str, timeout: float = 2.0) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(models, dict) and "data" in models
+
+
+def server_slots(base_url: str | None = None, timeout: float = 5.0) -> int:
+    """The parallel slots of the server at ``base_url`` (``GET /props``), else the default.
+
+    Use it as ``max_concurrency``: more requests in flight than slots only queue.
+
+    Args:
+        base_url: Base URL ending in ``/v1``; defaults to ``$GRADSUM_LOCAL_BASE_URL``.
+        timeout: Seconds to wait for the answer.
+
+    Returns:
+        The server's ``total_slots``, or :func:`default_slots` if it cannot say (no URL,
+        no answer, or a server without ``/props``).
+    """
+    base_url = base_url or os.environ.get(BASE_URL_ENV, "").strip()
+    if base_url:
+        try:
+            status, body = _http_get(_server_root(base_url) + "/props", timeout)
+            slots = json.loads(body.decode("utf-8")).get("total_slots") if status == 200 else None
+            if isinstance(slots, int) and slots >= 1:
+                return slots
+        except (OSError, ValueError, AttributeError):
+            pass
+    return default_slots()
 
 
 def _prune_logs(log_dir: Path, keep: int = 10) -> None:

@@ -457,6 +457,8 @@ class Handler(BaseHTTPRequestHandler):
                 200, {"status": "ok", "probes": health})
         elif self.path == "/v1/models" and not loading:
             code, body = 200, {"object": "list", "data": [{"id": args.alias}]}
+        elif self.path == "/props" and not loading:
+            code, body = 200, {"total_slots": int(args.np)}
         else:
             code, body = 503 if loading else 404, {"error": "no"}
         data = json.dumps(body).encode()
@@ -503,6 +505,7 @@ def test_server_is_ready_only_when_health_says_200(
         # wait_ready polled through three "loading" answers and returned on the first 200
         assert status == 200
         assert json.loads(body)["probes"] == [503, 503, 503, 200, 200]
+        assert local_llm.server_slots(server.base_url) == 3  # what the server says
     finally:
         server.stop()
     assert not server.running
@@ -555,6 +558,7 @@ def test_server_is_ready_reads_health_then_falls_back_to_model_list(tmp_path: Pa
         httpd.shutdown()
         httpd.server_close()
     assert not server_is_ready(url)  # nothing listens any more
+    assert local_llm.server_slots(url) == local_llm.default_slots()  # no answer: the default
 
 
 def test_shared_server_across_processes(fake_llama_server: Path, tmp_path: Path) -> None:
