@@ -333,8 +333,9 @@ def optimize(
     max_llm_calls: Annotated[int | None, typer.Option(
         "--max-llm-calls", help="Hard cap on LLM calls, retries included; never exceeded.",
         show_default=False)] = None,
-    max_concurrency: Annotated[int, typer.Option(
-        "--max-concurrency", help="LLM calls in flight at once.")] = 4,
+    max_concurrency: Annotated[int | None, typer.Option(
+        "--max-concurrency", help="LLM calls in flight at once (default 4; with the "
+        "local model, its server's parallel slots).")] = None,
     max_gradients_per_prompt: Annotated[int | None, typer.Option(
         "--max-gradients-per-prompt", help="Cap on critiques per candidate per iteration "
         "(default: one per shortfall).", show_default=False)] = None,

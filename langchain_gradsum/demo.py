@@ -67,7 +67,7 @@ def _print_event(event: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> OptimizationResult:
-    from langchain_gradsum.local_llm import local_chat_model
+    from langchain_gradsum.local_llm import local_chat_model, server_slots
 
     rows = demo_rows()
     train, val = rows[: args.train], rows[args.train : args.train + args.val]
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> OptimizationResult:
             max_iterations=args.iterations,
             minibatch_size=args.minibatch,
             max_gradients_per_prompt=args.max_gradients,
-            max_concurrency=1,  # the local server answers one request at a time
+            max_concurrency=server_slots(base_url),  # llama-server batches its slots
             seed=args.seed,
         )
         print(f"GRAD-SUM demo: {len(train)} training rows, {len(val)} validation rows, "

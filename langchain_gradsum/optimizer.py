@@ -136,6 +136,15 @@ class OptimizationResult:
         return path
 
 
+def _default_concurrency(*models: Any) -> int:
+    """4 calls in flight; for the embedded model, as many as its server has slots."""
+    if any(m == "local" for m in models if isinstance(m, str)):
+        from langchain_gradsum.local_llm import server_slots
+
+        return server_slots()
+    return 4
+
+
 class OptimizationError(RuntimeError):
     """The run failed; `partial_result` keeps everything finished before the failure."""
 
@@ -164,7 +173,8 @@ class GradSumOptimizer:
         patience: Stop after this many iterations without a better best.
         target_score: Stop once the best minibatch score reaches this.
         max_llm_calls: Hard cap on LLM calls (retries included), never exceeded.
-        max_concurrency: LLM calls in flight at once.
+        max_concurrency: LLM calls in flight at once (default 4; with ``"local"``, the
+            embedded server's parallel slots).
         max_retries: Retries of timeouts, 429s and 5xx errors.
         summarize: ``False`` runs the paper's ablation: one edit per gradient, no summary.
         repair_missing_variables: An edited prompt that lost a ``{variable}`` gets it
@@ -203,7 +213,7 @@ class GradSumOptimizer:
         patience: int | None = None,
         target_score: float | None = None,
         max_llm_calls: int | None = None,
-        max_concurrency: int = 4,
+        max_concurrency: int | None = None,
         max_retries: int = 2,
         max_parse_retries: int = 1,
         retry_backoff: float = 1.0,
@@ -221,6 +231,8 @@ class GradSumOptimizer:
         _check_int("candidates_per_prompt", candidates_per_prompt, 1)
         _check_int("max_iterations", max_iterations, 0)
         _check_int("minibatch_size", minibatch_size, 1)
+        if max_concurrency is None:
+            max_concurrency = _default_concurrency(model, judge_model, optimizer_model)
         _check_int("max_concurrency", max_concurrency, 1)
         _check_int("max_retries", max_retries, 0)
         _check_int("max_parse_retries", max_parse_retries, 0)

@@ -253,3 +253,15 @@ def test_the_initial_prompt_is_validated_first_when_retries_eat_the_reserve() ->
     assert result.initial_score == 0.0
     assert result.best_id == "c0" and result.best_score == 0.0  # c1 could not be validated
     assert result.candidates["c1"]["val_score"] is None
+
+
+def test_max_concurrency_defaults_to_the_local_servers_slots(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_gradsum.optimizer import _default_concurrency
+
+    monkeypatch.delenv("GRADSUM_LOCAL_BASE_URL", raising=False)
+    monkeypatch.setenv("GRADSUM_LOCAL_SLOTS", "3")
+    assert _default_concurrency("local", None, None) == 3
+    assert _default_concurrency(scripted(), "local", None) == 3  # any role on the local model
+    assert _default_concurrency(scripted(), None, None) == 4
+    assert optimizer(scripted()).settings["max_concurrency"] == 4
