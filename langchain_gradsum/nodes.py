@@ -333,6 +333,8 @@ class _EditGuard:
         if full:  # the editor wrote a whole prompt: take it as such
             return text
         parent = self.state["candidates"][job[0]]["template"]
+        if _normalize(text).lower() in _normalize(parent).lower():
+            return parent  # nothing new: the duplicate check says so
         return parent.rstrip() + "\n" + text.replace("{", "{{").replace("}", "}}")
 
     def check(self, job: EditJob, reply: str) -> tuple[str | None, str | None]:
@@ -353,6 +355,8 @@ class _EditGuard:
                    "instructions instead")
         elif _normalize(template) in self.seen:
             self.caller.count("duplicate_candidates")
+            if template == self.state["candidates"][job[0]]["template"]:
+                return None, "duplicate: the current prompt already says that; add another"
             return None, "duplicate: the same as a prompt already tried"
         if why is not None:
             self.caller.count("rejected_candidates")

@@ -85,6 +85,16 @@ def test_a_rewrite_that_pastes_in_the_evidence_is_rejected() -> None:
     assert "copies the evaluation's measurements" in rt.events[0]["why"]
 
 
+def test_an_instruction_the_prompt_already_has_is_a_duplicate_and_re_asked() -> None:
+    replies = iter(["<instruction>Q:</instruction>", "<instruction>Be brief.</instruction>"])
+    model = scripted(edit=lambda text: next(replies))
+    out = edit(failing_state(), FakeRuntime(context(model, candidates_per_prompt=1)), {})
+    assert [c["template"] for c in out["candidates"].values()] == ["Q: {question}\nBe brief."]
+    retry = [t for t in edits_of(model)][-1]
+    assert "the current prompt already says that" in retry
+    assert out["counters"]["duplicate_candidates"] == 1
+
+
 def test_without_instruction_edits_every_child_is_a_rewrite() -> None:
     model = scripted()
     out = edit(failing_state(), FakeRuntime(context(model, candidates_per_prompt=2,
