@@ -33,7 +33,13 @@ def test_one_iteration_returns_a_valid_prompt(local_base_url: str) -> None:
     assert result.best_prompt.input_variables == ["question"]
     assert result.best_prompt.format(question="2+2?")  # renders
     assert result.total_calls <= 20
-    assert result.stop_reason in {"max_iterations", "budget"}
+    assert result.stop_reason in {"max_iterations", "budget", "train_solved"}
+    assert result.best_score is not None and result.initial_score is not None
+    assert result.best_score >= result.initial_score
+    assert result.usage["generate"]["input_tokens"] > 0
+    if result.stop_reason == "train_solved":  # the start prompt solved all 3 rows
+        assert "edit" not in result.usage and len(result.candidates) == 1
+        return
     # The editor ran and every reply went through the variable guard: each edit call
     # either made a new candidate or was rejected/deduplicated. An unusable first reply
     # is re-asked once (retry_unusable_edits), so there are one or two edit calls.
@@ -46,9 +52,6 @@ def test_one_iteration_returns_a_valid_prompt(local_base_url: str) -> None:
     assert edit_calls in {1, 2}
     assert made + guarded == edit_calls
     assert made <= 1
-    assert result.best_score is not None and result.initial_score is not None
-    assert result.best_score >= result.initial_score
-    assert result.usage["generate"]["input_tokens"] > 0
 
 
 def test_llm_judge_with_structured_output(local_base_url: str) -> None:
