@@ -318,6 +318,13 @@ class _EditGuard:
         self.examples = [_show_inputs(ex) for ex in [*state["train"], *(state.get("val") or [])]
                          ] if ctx.reject_copied_examples else []
 
+    def critiqued(self, cid: str) -> list[str]:
+        """The inputs of the rows `cid` was critiqued on (the editor saw their details)."""
+        rows = beam_mod.failed_rows(self.state.get("records", {}), cid,
+                                    beam_mod.current_batch(self.state, self.ctx))
+        return [_show_inputs(self.state["train"][i])
+                for i in rows[: self.ctx.max_gradients_per_prompt]]
+
     def evidence(self, cid: str) -> str:
         return _evidence(self.state, self.ctx, cid)
 
@@ -347,6 +354,14 @@ class _EditGuard:
         elif self.examples and (copied := copied_example(
                 template, self.examples, original=self.state["prompt"])) is not None:
             why = f"rejected: copies example {copied} of the data"
+        elif self.examples and (seen := self.critiqued(job[0])) and copied_example(
+                template, seen, min_words=4, original="\n".join(
+                    [self.state["candidates"][job[0]]["template"],
+                     self.ctx.task_description])) is not None:
+            # "end with the number of children on the bus": one example's details in an
+            # instruction overfit it (the 1.5B editor does this)
+            why = ("rejected: mentions the details of an example it was shown; write "
+                   "instructions that hold for every input")
         elif copied_example(template, [self.evidence(job[0])],
                             original=self.state["prompt"]) is not None:
             # small editors paste the measurements in: they describe past outputs, they
@@ -583,6 +598,10 @@ def _run_task(
     def run(job: tuple[str, str, int]) -> Record:
         cid, split, i = job
         ex = _rows(state, split)[i]
+        if ctx.app is not None:  # a prompt inside a user's app: run the whole app (apps.py)
+            return ctx.app.run(caller, state["candidates"][cid]["template"],  # type: ignore
+                               ex["inputs"], record_key(cid, split, i), iteration=iteration,
+                               candidate_id=cid, split=split, example=i)
         messages = slot.render(state["candidates"][cid]["template"], ex["inputs"])
         info: dict[str, Any] = {}
         text = caller.text("generate", task_model, messages, info, iteration=iteration,
@@ -650,8 +669,10 @@ def _score(
             if ctx.criteria:
                 caller.count("judge_calls_saved")
             return {**rec, "score": same["score"], "feedback": same["feedback"]}
+        # An app's output goes to evaluators as the object it returned (apps.py).
+        output = rec["output"] if ctx.app is None else ctx.app.value(rec, record_key(cid, split, i))
         results: list[EvalResult] = [
-            run_evaluator(fn, ex["inputs"], rec["output"], ex["outputs"]) for fn in ctx.evaluators
+            run_evaluator(fn, ex["inputs"], output, ex["outputs"]) for fn in ctx.evaluators
         ]
         failed = False
         if ctx.criteria:

@@ -95,6 +95,19 @@ def test_an_instruction_the_prompt_already_has_is_a_duplicate_and_re_asked() -> 
     assert out["counters"]["duplicate_candidates"] == 1
 
 
+def test_an_edit_naming_the_details_of_a_critiqued_example_is_rejected() -> None:
+    rows = [{"inputs": {"question": "3 children on the bus got off. How many are left?"},
+             "outputs": {"answer": "7"}}, *qa_rows(2)]
+    replies = iter(["<instruction>End with the number of children on the bus.</instruction>",
+                    "<instruction>End your reply with the final number.</instruction>"])
+    model = scripted(edit=lambda text: next(replies))
+    state = failing_state(train=rows)
+    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1)), {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        "Q: {question}\nEnd your reply with the final number."]
+    assert "mentions the details of an example" in edits_of(model)[-1]
+
+
 def test_without_instruction_edits_every_child_is_a_rewrite() -> None:
     model = scripted()
     out = edit(failing_state(), FakeRuntime(context(model, candidates_per_prompt=2,
