@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, message_to_dict, messages_from_dict
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_executor_for_config, merge_configs
 from pydantic import BaseModel
@@ -564,6 +564,34 @@ class LLMCaller:
                                  "truncated": truncated})
             self._paid(key)
         return text
+
+    def invoke(
+        self,
+        role: str,
+        model: BaseChatModel,
+        messages: Sequence[BaseMessage],
+        config: RunnableConfig | None,
+        kwargs: dict[str, Any],
+    ) -> BaseMessage:
+        """One call of a chat model inside a user's app (`langchain_gradsum.apps`), made
+        as the app makes it (its config, its bound kwargs such as tools), with the
+        budget, retries, cache and usage of every other call. Returns the reply message."""
+        kind = "invoke:" + json.dumps(kwargs, sort_keys=True, default=repr)
+        key = self.cache.key(model, messages, kind) if self.cache is not None else None
+        if key is not None and (hit := self._cached(role, key)) is not None:
+            return messages_from_dict([hit["message"]])[0]
+
+        def call() -> BaseMessage:
+            msg = model.invoke(messages, config=config, **kwargs)
+            self._account(role, msg)
+            return msg
+
+        reply = self._attempt(role, call)
+        if key is not None:
+            self.cache.put(key, {"message": message_to_dict(reply),  # type: ignore[union-attr]
+                                 "usage": _tokens(reply)})
+            self._paid(key)
+        return reply
 
     def _cached(self, role: str, key: str) -> dict[str, Any] | None:
         """A cached reply, if any.

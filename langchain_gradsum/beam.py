@@ -60,7 +60,8 @@ def iterations_without_improvement(state: GradSumState) -> int:
 
 
 def _calls_per_row(ctx: GradSumContext) -> int:
-    return 1 + (1 if ctx.criteria else 0)
+    task = 1 if ctx.app is None else ctx.app.calls_per_run  # an app may call several models
+    return task + (1 if ctx.criteria else 0)
 
 
 def final_reserve(state: GradSumState, ctx: GradSumContext) -> int:

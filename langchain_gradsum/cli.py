@@ -284,17 +284,30 @@ def _root(
 
 @app.command()
 def optimize(
-    prompt: Annotated[str, typer.Argument(
-        help="The prompt template to optimize, with {variables} named like the data's inputs; "
-        "or @FILE to read it from a file (@- reads stdin).", show_default=False,
-        metavar="PROMPT")],
     data: Annotated[Path, typer.Option(
         "--data", "-d", help="Training rows: JSONL, one {\"inputs\": {...}, \"outputs\": "
         "{...}} per line.", show_default=False, dir_okay=False, metavar="FILE")],
-    model: Annotated[str, typer.Option(
+    prompt: Annotated[str | None, typer.Argument(
+        help="The prompt template to optimize, with {variables} named like the data's inputs; "
+        "or @FILE to read it from a file (@- reads stdin). Left out with --app.",
+        show_default=False, metavar="PROMPT")] = None,
+    model: Annotated[str | None, typer.Option(
         "--model", "-m", help="Task model: 'provider:model' (e.g. openai:gpt-4o-mini) or "
         "'local' for the embedded Qwen2.5-Coder-1.5B server (started for the run, or "
-        "$GRADSUM_LOCAL_BASE_URL).", show_default=False, metavar="MODEL")],
+        "$GRADSUM_LOCAL_BASE_URL). With --app: optional, the judge and optimizer model "
+        "(default: the app's own).", show_default=False, metavar="MODEL")] = None,
+    app_spec: Annotated[str | None, typer.Option(
+        "--app", help="Optimize the prompt inside a LangChain app (a Runnable such as "
+        "prompt | model | parser), loaded as module:attribute from an importable module; "
+        "each candidate runs as the whole app.", show_default=False,
+        metavar="MODULE:ATTR")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="With --app: the name of the prompt to optimize, when the app "
+        "holds several.", show_default=False, metavar="NAME")] = None,
+    input_key: Annotated[str | None, typer.Option(
+        "--input-key", help="With --app: invoke the app with this input of each row "
+        "(e.g. question) instead of the row's inputs dict.", show_default=False,
+        metavar="KEY")] = None,
     val: Annotated[Path | None, typer.Option(
         "--val", help="Validation rows (JSONL) to pick the final prompt on; default: the "
         "training rows.", dir_okay=False, metavar="FILE")] = None,
@@ -396,19 +409,21 @@ def optimize(
     """
     console = Console(highlight=False, soft_wrap=True)
     try:
+        loaded = _app_arg(app_spec, prompt, model, target, input_key)  # None without --app
         template = _text_arg(prompt, "prompt")
         task_text = _text_arg(task, "--task") or ""
         criteria_text = _text_arg(criteria, "--criteria")
-        if not template or not template.strip():
+        if loaded is None and (not template or not template.strip()):
             raise InputError("the prompt is empty")
         from langchain_gradsum.data import check_variables, load_examples
 
         train_rows = load_examples(str(data), name="--data")
         val_rows = load_examples(str(val), name="--val") if val is not None else None
-        variables = _prompt_variables(template)
-        check_variables(train_rows, variables, "--data")
-        if val_rows:
-            check_variables(val_rows, variables, "--val")
+        if loaded is None:  # an app's prompt is checked by the optimizer (_check_settings)
+            variables = _prompt_variables(template)  # type: ignore[arg-type]
+            check_variables(train_rows, variables, "--data")
+            if val_rows:
+                check_variables(val_rows, variables, "--val")
         evaluators = _evaluators(list(evaluator or []))
         knobs: dict[str, Any] = dict(
             task_description=task_text,
@@ -433,7 +448,8 @@ def optimize(
             prefer_short_outputs=not no_prefer_short,
             seed=seed,
         )
-        _check_settings(knobs, template, train_rows, val_rows)
+        app_args = {"target": target, "input_key": input_key} if loaded is not None else {}
+        _check_settings(knobs, loaded or template, train_rows, val_rows, **app_args)
     except (ValueError, TypeError) as e:
         raise _fail(str(e)) from None
 
@@ -455,16 +471,18 @@ def optimize(
             console.print(
                 f"gradsum: {len(train_rows)} training rows"
                 + (f", {len(val_rows)} validation rows" if val_rows else "")
-                + f" · model {model}" + (" · tracing to LangSmith" if _tracing_enabled() else ""),
+                + (f" · app {app_spec}" if app_spec else "")
+                + (f" · model {model}" if model else "")
+                + (" · tracing to LangSmith" if _tracing_enabled() else ""),
                 markup=False,
             )
         view = ProgressView(console, max_iterations=max_iterations, budget=max_llm_calls,
                             quiet=quiet)
         try:
             with view:
-                result = optimizer.optimize(template, train_rows, val_rows, on_event=view,
-                                            checkpoint=checkpoint, cache=cache,
-                                            stop_file=stop_file)
+                result = optimizer.optimize(loaded or template, train_rows, val_rows,
+                                            on_event=view, checkpoint=checkpoint, cache=cache,
+                                            stop_file=stop_file, **app_args)
                 view.finish(result.total_calls)
         except (ValueError, TypeError) as e:
             raise _fail(str(e)) from None
@@ -479,6 +497,7 @@ def optimize(
     run_info = {
         "command": "gradsum optimize",
         "models": {k: v for k, v in specs.items() if v is not None},
+        **({"app": app_spec, "target": target, "input_key": input_key} if app_spec else {}),
         "settings": {k: (v if k != "evaluators" else [e.__name__ for e in v])
                      for k, v in knobs.items()},
         "data": {"train": str(data), **({"val": str(val)} if val is not None else {})},
@@ -500,10 +519,10 @@ def optimize(
         raise typer.Exit(130)
 
 
-def _check_settings(knobs: dict[str, Any], template: str, train_rows: list[Any],
-                    val_rows: list[Any] | None) -> None:
-    """Validate knobs, prompt and data now (before a local server starts), with a
-    stand-in model that is never called."""
+def _check_settings(knobs: dict[str, Any], template: Any, train_rows: list[Any],
+                    val_rows: list[Any] | None, **app_args: Any) -> None:
+    """Validate knobs, prompt (or app) and data now (before a local server starts), with
+    a stand-in model that is never called."""
     from langchain_gradsum.optimizer import GradSumOptimizer
     from langchain_gradsum.testing import ScriptedChatModel
 
@@ -511,7 +530,26 @@ def _check_settings(knobs: dict[str, Any], template: str, train_rows: list[Any],
         raise AssertionError("the settings check makes no calls")
 
     GradSumOptimizer(ScriptedChatModel(respond=never), **knobs).validate(
-        template, train_rows, val_rows or None)
+        template, train_rows, val_rows or None, **app_args)
+
+
+def _app_arg(spec: str | None, prompt: str | None, model: str | None, target: str | None,
+             input_key: str | None) -> Any:
+    """The app of ``--app module:attribute`` (`None` without it); what cannot go
+    together is an input error."""
+    if spec is None:
+        if prompt is None:
+            raise InputError("give the PROMPT to optimize (or --app module:attribute)")
+        if model is None:
+            raise InputError("--model is required: the task model that runs the prompt")
+        if target is not None or input_key is not None:
+            raise InputError("--target and --input-key go with --app")
+        return None
+    if prompt is not None:
+        raise InputError("give PROMPT or --app, not both (--target names a prompt in the app)")
+    from langchain_gradsum.apps import load_app
+
+    return load_app(spec)
 
 
 def _write_outputs(result: Any, run_info: dict[str, Any], out: Path) -> list[Path]:

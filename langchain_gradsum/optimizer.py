@@ -27,6 +27,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langchain_gradsum._cache import CallCache
 from langchain_gradsum._llm import RunLedger, redact, resolve_model, run_ledger
 from langchain_gradsum._templates import PromptSlot
+from langchain_gradsum.apps import AppRunner, is_app
 from langchain_gradsum.beam import calls_needed_for_one_iteration
 from langchain_gradsum.data import DataLike, check_variables, load_examples
 from langchain_gradsum.evaluators import EvaluatorError, evaluator_name, run_evaluator
@@ -68,6 +69,9 @@ class OptimizationResult:
     """Every output and evaluation, by ``"candidate|split|row"``."""
     settings: dict[str, Any] = field(default_factory=dict)
     """The run's knobs (JSON-able: evaluators by name, meta-prompts as text)."""
+    best_app: Any = field(default=None, repr=False)
+    """When an app was optimized: the same app with the best prompt in place, ready to
+    invoke (the app passed in is not changed); else ``None``."""
 
     @property
     def total_calls(self) -> int:
@@ -158,7 +162,9 @@ class GradSumOptimizer:
 
     Args:
         model: Task model: a `BaseChatModel`, a ``"provider:model"`` string, or
-            ``"local"`` for the embedded Qwen2.5-Coder-1.5B server.
+            ``"local"`` for the embedded Qwen2.5-Coder-1.5B server. Optional when
+            optimizing a prompt inside an app that has a chat model: the app runs its
+            own models, and the judge and optimizer default to the app's model.
         task_description: Plain-language description of the task.
         criteria: Evaluation criteria for the LLM judge (scores 0..1). Optional
             when `evaluators` are given; when both are given, scores are averaged.
@@ -198,7 +204,7 @@ class GradSumOptimizer:
 
     def __init__(
         self,
-        model: str | BaseChatModel,
+        model: str | BaseChatModel | None = None,
         *,
         task_description: str = "",
         criteria: str | None = None,
@@ -275,7 +281,7 @@ class GradSumOptimizer:
             if not callable(fn):
                 raise TypeError(f"evaluators must be callables, got {fn!r}")
         # Resolve models now: an unknown model string fails here, before any call.
-        self.model = resolve_model(model, "model")
+        self.model = resolve_model(model, "model") if model is not None else None
         self.judge_model = resolve_model(judge_model, "judge_model") if judge_model else None
         self.optimizer_model = (
             resolve_model(optimizer_model, "optimizer_model") if optimizer_model else None
@@ -321,11 +327,16 @@ class GradSumOptimizer:
         stop_file: str | Path | None = None,
         on_event: Callable[[Event], None] | None = None,
         config: RunnableConfig | None = None,
+        target: Any = None,
+        input_key: str | None = None,
     ) -> OptimizationResult:
         """Optimize `prompt` on `train`; pick the final prompt on `val` (else `train`).
 
         Args:
-            prompt: A str, `PromptTemplate` or `ChatPromptTemplate` with ``{variables}``.
+            prompt: A str, `PromptTemplate` or `ChatPromptTemplate` with ``{variables}``;
+                or an app (any Runnable holding such a prompt as a step: a chain,
+                structured output, RAG): each candidate then runs as the whole app, and
+                the result's ``best_app`` is the app with the best prompt in place.
             train: Rows ``{"inputs": {...}, "outputs": {...}}``, langsmith Examples or a
                 JSONL path.
             val: Validation rows, same forms.
@@ -340,6 +351,10 @@ class GradSumOptimizer:
                 validates what it has (like Ctrl-C).
             on_event: Called with each progress event (iteration, scored, candidate, best).
             config: Extra runnable config (callbacks, tags, metadata) for the run.
+            target: With an app holding several prompts: which one to optimize (the
+                prompt object, or its name).
+            input_key: With an app: invoke it with ``inputs[input_key]`` (e.g. a chain
+                that takes the question as a string) instead of the row's ``inputs``.
 
         The first Ctrl-C stops at the next safe point and returns the validated best
         prompt so far; a second one stops at once and returns the best minibatch
@@ -350,7 +365,8 @@ class GradSumOptimizer:
             ValueError / TypeError: bad input, before any LLM call.
             OptimizationError: the run failed; ``.partial_result`` has what was done.
         """
-        run = self._prepare(prompt, train, val, config, checkpoint, thread_id, cache, stop_file)
+        run = self._prepare(prompt, train, val, config, checkpoint, thread_id, cache, stop_file,
+                            target=target, input_key=input_key)
         last = first = run.initial_state()
         with run_ledger() as ledger:
             try:
@@ -387,6 +403,8 @@ class GradSumOptimizer:
         stop_file: str | Path | None = None,
         on_event: Callable[[Event], None] | None = None,
         config: RunnableConfig | None = None,
+        target: Any = None,
+        input_key: str | None = None,
     ) -> OptimizationResult:
         """Async `optimize`. `checkpoint` must be a checkpointer instance with async
         support (e.g. LangGraph's ``AsyncSqliteSaver`` or ``InMemorySaver``)."""
@@ -395,7 +413,8 @@ class GradSumOptimizer:
                 "aoptimize needs a checkpointer instance (e.g. AsyncSqliteSaver); a path "
                 "works with optimize()"
             )
-        run = self._prepare(prompt, train, val, config, checkpoint, thread_id, cache, stop_file)
+        run = self._prepare(prompt, train, val, config, checkpoint, thread_id, cache, stop_file,
+                            target=target, input_key=input_key)
         last = first = await run.ainitial_state()
         with run_ledger() as ledger:
             try:
@@ -416,16 +435,21 @@ class GradSumOptimizer:
 
     # --- internals ---------------------------------------------------------------------
 
-    def context(self, slot: PromptSlot | None = None) -> GradSumContext:
-        """The graph context these settings make."""
-        return GradSumContext(model=self.model, judge_model=self.judge_model,
+    def context(self, slot: PromptSlot | None = None, app: Any = None) -> GradSumContext:
+        """The graph context these settings make (`app`: an `apps.AppRunner`)."""
+        model = self.model
+        if model is None and app is not None:  # the app's own model, else the optimizer's
+            model = app.model or self.optimizer_model
+        return GradSumContext(model=model, judge_model=self.judge_model,  # type: ignore[arg-type]
                               optimizer_model=self.optimizer_model, prompt_slot=slot,
-                              **self.settings)  # type: ignore[arg-type]
+                              app=app, **self.settings)  # type: ignore[arg-type]
 
     def validate(
-        self, prompt: Any, train: DataLike, val: DataLike | None = None
+        self, prompt: Any, train: DataLike, val: DataLike | None = None, *,
+        target: Any = None, input_key: str | None = None,
     ) -> tuple[PromptSlot, str, list[Example], list[Example]]:
-        """Check a prompt and data against these settings without any LLM call.
+        """Check a prompt (or an app, see `optimize`) and data against these settings
+        without any LLM call.
 
         Returns:
             ``(slot, template_text, train_rows, val_rows)``, normalized.
@@ -433,6 +457,28 @@ class GradSumOptimizer:
         Raises:
             ValueError / TypeError: what is wrong and how to fix it.
         """
+        return self._validate(prompt, train, val, target, input_key)[:4]
+
+    def _validate(
+        self, prompt: Any, train: DataLike, val: DataLike | None, target: Any = None,
+        input_key: str | None = None,
+    ) -> tuple[PromptSlot, str, list[Example], list[Example], AppRunner | None]:
+        app = None
+        if is_app(prompt):  # a prompt inside a user's app (apps.py)
+            app = AppRunner.from_app(prompt, target, input_key)
+            prompt = app.prompt
+        elif target is not None or input_key is not None:
+            raise ValueError("target= and input_key= are for optimizing a prompt inside an "
+                             f"app (a Runnable); got a {type(prompt).__name__}")
+        if self.model is None and app is None:
+            raise ValueError("model= is required: the task model that runs the prompt (a "
+                             "BaseChatModel, a 'provider:model' string or 'local'); only a "
+                             "prompt inside an app with its own chat model can do without")
+        if self.model is None and app is not None and app.model is None \
+                and self.optimizer_model is None:
+            raise ValueError("the app has no chat model the optimizer can see (a step such as "
+                             "prompt | model): pass model= (or optimizer_model= and "
+                             "judge_model=) for the judge, critiques and edits")
         slot, text = PromptSlot.from_prompt(prompt)
         variables = slot.all_variables(text)
         if not variables:
@@ -442,10 +488,13 @@ class GradSumOptimizer:
             )
         train_rows = load_examples(train, name="train")
         val_rows = load_examples(val, name="val") if val is not None else []
-        check_variables(train_rows, variables, "train")
-        check_variables(val_rows, variables, "val")
-        ctx = self.context(slot)
-        _dry_run_evaluators(ctx.evaluators, train_rows[0])
+        # An app fills its prompt itself (retrieval...): rows need only what the app takes.
+        needed = variables if app is None else [input_key] if input_key is not None else []
+        check_variables(train_rows, needed, "train")
+        check_variables(val_rows, needed, "val")
+        ctx = self.context(slot, app)
+        if app is None:  # an app's output type is known only once it runs
+            _dry_run_evaluators(ctx.evaluators, train_rows[0])
         if ctx.max_llm_calls is not None:
             need = calls_needed_for_one_iteration(len(train_rows), len(val_rows), ctx)
             if ctx.max_llm_calls < need:
@@ -457,7 +506,7 @@ class GradSumOptimizer:
                     f"{len(val_rows) or len(train_rows)} rows). Raise max_llm_calls or lower "
                     "minibatch_size, candidates_per_prompt, beam_width or the validation size."
                 )
-        return slot, text, train_rows, val_rows
+        return slot, text, train_rows, val_rows, app
 
     def _prepare(
         self,
@@ -469,13 +518,17 @@ class GradSumOptimizer:
         thread_id: str | None = None,
         cache: str | Path | CallCache | None = None,
         stop_file: str | Path | None = None,
+        target: Any = None,
+        input_key: str | None = None,
     ) -> _Run:
-        slot, text, train_rows, val_rows = self.validate(prompt, train, val)
-        ctx = self.context(slot)
+        slot, text, train_rows, val_rows, app = self._validate(prompt, train, val, target,
+                                                               input_key)
+        ctx = self.context(slot, app)
         inputs = {"prompt": text, "train": train_rows, "val": val_rows}
         run = _Run(ctx=ctx, input=inputs)
-        if thread_id is None:
-            thread_id = _run_fingerprint(inputs, self)
+        if thread_id is None:  # an app's run is told apart by where its prompt sits
+            thread_id = _run_fingerprint(
+                inputs if app is None else {**inputs, "app": app.describe()}, self)
         saver: BaseCheckpointSaver | None
         if isinstance(checkpoint, str | Path):
             conn = sqlite3.connect(str(checkpoint), check_same_thread=False)
@@ -559,6 +612,7 @@ class GradSumOptimizer:
         template = state["candidates"][best_id]["template"]
         return OptimizationResult(
             best_prompt=slot.rebuild(template),
+            best_app=ctx.app.build(template) if ctx.app is not None else None,
             best_template=template,
             best_id=best_id,
             best_score=best,
@@ -571,7 +625,8 @@ class GradSumOptimizer:
             counters=dict(state.get("counters") or {}),
             wall_time_s=round(time.monotonic() - start, 3),
             records=dict(state.get("records") or {}),
-            settings=self.describe_settings(),
+            settings={**self.describe_settings(),
+                      **({"app": ctx.app.describe()} if ctx.app is not None else {})},
         )
 
     def describe_settings(self) -> dict[str, Any]:

@@ -218,6 +218,9 @@ class GradSumContext:
     prompt_slot: Any = None
     """Where the optimized text sits in the user's prompt (see `_templates.PromptSlot`);
     `None` means a plain string template sent as one human message."""
+    app: Any = None
+    """An `apps.AppRunner` when the prompt sits inside a user's app: each candidate is
+    run as that whole app (its own models, parsers, retrieval); `None`: prompt -> model."""
     cache: Any = None
     """A `CallCache`: finished LLM calls are answered from it (resume, re-runs)."""
     should_stop: Callable[[], str | None] | None = None

@@ -130,10 +130,16 @@ def test_unknown_judge_or_optimizer_model(model: Any, role: str) -> None:
         GradSumOptimizer(model, evaluators=[exact_match], **{role: "nosuchprovider:foo"})
 
 
-@pytest.mark.parametrize("bad", ["", 3, None])
+@pytest.mark.parametrize("bad", ["", 3])
 def test_model_that_is_not_a_model(bad: Any) -> None:
     with pytest.raises(TypeError, match="model must be a BaseChatModel"):
         GradSumOptimizer(bad, evaluators=[exact_match])
+
+
+def test_no_model_is_an_error_for_a_bare_prompt() -> None:
+    # model= may be left out only for a prompt inside an app (test_apps.py)
+    with pytest.raises(ValueError, match="model= is required"):
+        GradSumOptimizer(None, evaluators=[exact_match]).optimize("Q: {question}", qa_rows(2))
 
 
 # --- settings ---------------------------------------------------------------------------
