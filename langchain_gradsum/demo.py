@@ -1,8 +1,12 @@
-"""`make demo`: GRAD-SUM on bundled GSM8K problems with the embedded local model.
+"""`make demo`: GRAD-SUM on a bundled task with the embedded local model.
 
-Starts from the paper's prompt "Answer the question: {question}", optimizes it on
-a small training pool with the local Qwen2.5-Coder-1.5B server, and prints the
-initial and final validation scores, the winning prompt and the LLM calls spent.
+The default task classifies Arabic tweets as sarcastic or not, scored by exact match
+on the label ("Yes"/"No"), as an app that parses the model's reply would. It starts
+from a plain prompt, "Is this tweet sarcastic?", which the 1.5B model answers in a
+sentence, optimizes it on a small training pool with the local Qwen2.5-Coder-1.5B
+server, and prints the initial and final validation scores, the winning prompt, the
+calls spent and the output tokens per call. ``--task gsm8k`` runs the earlier math
+demo instead (its start prompt already does well: little to gain).
 
     python -m langchain_gradsum.local_llm run -- python -m langchain_gradsum.demo
 """
@@ -15,21 +19,42 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from langchain_gradsum import GradSumOptimizer, numeric_match
+from langchain_gradsum import GradSumOptimizer, exact_match, numeric_match
 from langchain_gradsum.optimizer import OptimizationError, OptimizationResult
 
-START_PROMPT = "Answer the question: {question}"
-TASK = "Solve grade-school math word problems. The reply must end with the final number."
+
+@dataclass(frozen=True)
+class DemoTask:
+    data: str
+    start_prompt: str
+    task: str
+    evaluator: Callable[..., Any]
+    max_tokens: int
 
 
-def demo_rows() -> list[dict[str, Any]]:
-    """The 40 bundled GSM8K problems (MIT; see langchain_gradsum/data/README.md)."""
-    text = resources.files("langchain_gradsum").joinpath("data/gsm8k_demo.jsonl").read_text(
+DEMOS = {
+    "sarcasm": DemoTask(
+        "ar_sarcasm_demo.jsonl", "Is this tweet sarcastic?\n\n{text}",
+        "Decide whether an Arabic tweet is sarcastic. The reply is read by a program: it "
+        "must be exactly Yes or No.", exact_match, 64),
+    "gsm8k": DemoTask(
+        "gsm8k_demo.jsonl", "Answer the question: {question}",
+        "Solve grade-school math word problems. The reply must end with the final number.",
+        numeric_match, 320),
+}
+START_PROMPT = DEMOS["gsm8k"].start_prompt
+TASK = DEMOS["gsm8k"].task
+
+
+def demo_rows(name: str = "gsm8k") -> list[dict[str, Any]]:
+    """A bundled demo set (MIT; see langchain_gradsum/data/README.md)."""
+    text = resources.files("langchain_gradsum").joinpath(f"data/{DEMOS[name].data}").read_text(
         encoding="utf-8"
     )
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -69,34 +94,37 @@ def _print_event(event: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> OptimizationResult:
     from langchain_gradsum.local_llm import local_chat_model, server_slots
 
-    rows = demo_rows()
+    demo = DEMOS[args.task]
+    rows = demo_rows(args.task)
     train, val = rows[: args.train], rows[args.train : args.train + args.val]
     with _server() as base_url:
-        task_model = local_chat_model(base_url, max_tokens=args.max_tokens)
+        task_model = local_chat_model(base_url, max_tokens=args.max_tokens or demo.max_tokens)
         optimizer_model = local_chat_model(base_url, max_tokens=350)
         optimizer = GradSumOptimizer(
             task_model,
             optimizer_model=optimizer_model,
-            task_description=TASK,
-            evaluators=[numeric_match],
+            task_description=demo.task,
+            evaluators=[demo.evaluator],
             beam_width=args.beam_width,
             candidates_per_prompt=args.candidates,
             max_iterations=args.iterations,
             minibatch_size=args.minibatch,
             max_gradients_per_prompt=args.max_gradients,
+            max_llm_calls=args.max_calls,
             max_concurrency=server_slots(base_url),  # llama-server batches its slots
             seed=args.seed,
         )
-        print(f"GRAD-SUM demo: {len(train)} training rows, {len(val)} validation rows, "
-              f"beam {args.beam_width}, {args.candidates} candidates per prompt, "
-              f"{args.iterations} iteration(s), minibatch {args.minibatch}")
-        print(f"start prompt: {START_PROMPT!r}\n")
+        print(f"GRAD-SUM demo ({args.task}): {len(train)} training rows, {len(val)} "
+              f"validation rows, beam {args.beam_width}, {args.candidates} candidates per "
+              f"prompt, up to {args.iterations} iteration(s), minibatch {args.minibatch}, "
+              f"at most {args.max_calls} LLM calls")
+        print(f"start prompt: {demo.start_prompt!r}\n")
         if args.fresh and args.checkpoint.exists():
             args.checkpoint.unlink()
         args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         print(f"checkpoint: {args.checkpoint} (run again to resume; --fresh to start over)\n")
         try:
-            return optimizer.optimize(START_PROMPT, train, val, on_event=_print_event,
+            return optimizer.optimize(demo.start_prompt, train, val, on_event=_print_event,
                                       checkpoint=args.checkpoint)
         except OptimizationError as e:
             partial = e.partial_result
@@ -136,22 +164,27 @@ def report(result: OptimizationResult, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m langchain_gradsum.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", type=int, default=20, help="training pool size (max 30)")
-    p.add_argument("--val", type=int, default=8, help="validation rows")
+    p.add_argument("--task", choices=sorted(DEMOS), default="sarcasm")
+    p.add_argument("--train", type=int, default=24, help="training pool size")
+    p.add_argument("--val", type=int, default=16, help="validation rows")
     p.add_argument("--minibatch", type=int, default=4)
     p.add_argument("--beam-width", type=int, default=2)
     p.add_argument("--candidates", type=int, default=2, help="candidates per prompt")
-    p.add_argument("--iterations", type=int, default=1)
+    p.add_argument("--iterations", type=int, default=4)
     p.add_argument("--max-gradients", type=int, default=3)
-    p.add_argument("--max-tokens", type=int, default=320, help="task model reply cap")
+    p.add_argument("--max-calls", type=int, default=100, help="cap on LLM calls")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="task model reply cap (default: the task's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--checkpoint", type=Path, default=Path("runs/demo/checkpoint.sqlite"),
-                   help="SQLite checkpoint + call cache: an interrupted demo resumes")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="SQLite checkpoint + call cache: an interrupted demo resumes "
+                        "(default runs/demo/<task>.sqlite)")
     p.add_argument("--fresh", action="store_true", help="delete the checkpoint first")
     args = p.parse_args(argv)
-    if args.train + args.val > len(demo_rows()):
-        p.error(f"--train + --val must be at most {len(demo_rows())}")
+    args.checkpoint = args.checkpoint or Path(f"runs/demo/{args.task}.sqlite")
+    if args.train + args.val > len(demo_rows(args.task)):
+        p.error(f"--train + --val must be at most {len(demo_rows(args.task))}")
     start = time.monotonic()
     result = run(args)
     report(result, args.out)
