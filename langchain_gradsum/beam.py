@@ -16,9 +16,9 @@ from langgraph.runtime import Runtime
 from langchain_gradsum.data import minibatch_indices
 from langchain_gradsum.state import Candidate, GradSumContext, GradSumState, Record, record_key
 
-__all__ = ["advance", "beam_on_stop", "calls_needed_for_one_iteration", "current_batch",
-           "failed_rows", "final_reserve", "iteration_cost", "route", "rows_to_score",
-           "select_beam", "stop_reason"]
+__all__ = ["advance", "affordable", "beam_on_stop", "calls_needed_for_one_iteration",
+           "current_batch", "failed_rows", "final_reserve", "iteration_cost", "route",
+           "rows_to_score", "select_beam", "stop_reason"]
 
 FULL_MARKS = 1.0 - 1e-9
 
@@ -124,12 +124,23 @@ def stop_reason(state: GradSumState, ctx: GradSumContext, kept: list[str]) -> st
         return "target_score"
     if ctx.patience is not None and iterations_without_improvement(state) >= ctx.patience:
         return "patience"
-    if ctx.max_llm_calls is not None:
-        spent = sum(u["calls"] for u in state.get("usage", {}).values())
-        left = ctx.max_llm_calls - spent - final_reserve(state, ctx)
-        if iteration_cost(len(kept), len(state["train"]), ctx, screen_pass_rate(state)) > left:
-            return "budget"
+    if ctx.max_llm_calls is not None and affordable(state, ctx, kept) == 0:
+        return "budget"
     return None
+
+
+def affordable(state: GradSumState, ctx: GradSumContext, kept: list[str]) -> int:
+    """How many of the `kept` candidates (best first) the budget left can take through
+    one more iteration at its expected cost: all of them without a cap."""
+    if ctx.max_llm_calls is None:
+        return len(kept)
+    spent = sum(u["calls"] for u in state.get("usage", {}).values())
+    left = ctx.max_llm_calls - spent - final_reserve(state, ctx)
+    rate = screen_pass_rate(state)
+    n = len(kept)
+    while n and iteration_cost(n, len(state["train"]), ctx, rate) > left:
+        n -= 1
+    return n
 
 
 # --- which rows each candidate is scored on ---------------------------------------------
@@ -233,6 +244,12 @@ def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], l
         reason = "train_solved"
     events += [{"event": "scored", "iteration": it, "candidate": cid,
                 "score": scored[cid]["scores"][str(it)]} for cid in beam]
+    if reason is None and (n := affordable(probe, ctx, kept)) < len(kept):
+        # the budget left pays for an iteration from the best `n` only: go on with them
+        # (the others still compete in the final validation if they rank there)
+        events.append({"event": "beam_cut", "iteration": it, "kept": n,
+                       "why": "the budget left pays for one more iteration from these"})
+        kept = kept[:n]
     update: dict[str, Any] = {"candidates": {**screened, **scored}, "beam": kept}
     if reason:
         update["stop_reason"] = reason

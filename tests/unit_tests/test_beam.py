@@ -12,6 +12,7 @@ from gradsum_fakes import context, qa_rows, scripted
 
 from langchain_gradsum.beam import (
     advance,
+    affordable,
     beam_on_stop,
     calls_needed_for_one_iteration,
     final_reserve,
@@ -142,8 +143,19 @@ def test_stop_when_the_budget_cannot_pay_for_another_iteration() -> None:
     assert final_reserve(state, c) == 4 * 4  # (beam_width + 1) prompts x 4 train rows
     spent_ok = {"generate": {"calls": 1000 - need, "input_tokens": 0, "output_tokens": 0}}
     assert stop_reason({**state, "usage": spent_ok}, c, kept) is None
-    spent_over = {"generate": {"calls": 1000 - need + 1, "input_tokens": 0, "output_tokens": 0}}
-    assert stop_reason({**state, "usage": spent_over}, c, kept) == "budget"
+    assert affordable({**state, "usage": spent_ok}, c, kept) == 2
+
+    def spent(n: int) -> dict[str, Any]:
+        return {**state, "usage": {"generate": {"calls": n, "input_tokens": 0,
+                                                "output_tokens": 0}}}
+
+    # one call short for both: the search goes on from the best one
+    assert affordable(spent(1000 - need + 1), c, kept) == 1
+    assert stop_reason(spent(1000 - need + 1), c, kept) is None
+    # not even one fits: stop
+    need_one = iteration_cost(1, 4, c, 0.5) + final_reserve(state, c)
+    assert affordable(spent(1000 - need_one + 1), c, kept) == 0
+    assert stop_reason(spent(1000 - need_one + 1), c, kept) == "budget"
 
 
 def test_should_stop_callback() -> None:
