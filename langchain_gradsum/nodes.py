@@ -502,7 +502,12 @@ def extract_prompt(reply: str) -> str:
     text = found[-1] if found else reply
     text = text.strip()
     fenced = _FENCE.match(text)
-    return (fenced.group(1) if fenced else text).strip()
+    text = (fenced.group(1) if fenced else text).strip()
+    # small editors echo the tags the edit prompt shows the current prompt in
+    return _ECHOED.sub("", text).strip()
+
+
+_ECHOED = re.compile(r"</?current_prompt>", re.I)
 
 
 _INSTRUCTION = re.compile(r"<instruction>\s*(.*?)\s*(?:</instruction>|$)", re.S | re.I)

@@ -248,3 +248,10 @@ def test_a_capped_run_spends_most_of_its_cap(cap: int) -> None:
     unneeded_reserve = (2 + 1 - validated) * 8
     assert 0.85 * cap <= result.total_calls + unneeded_reserve
     assert result.total_calls <= cap
+
+
+def test_echoed_current_prompt_tags_are_stripped_so_the_echo_is_a_duplicate() -> None:
+    from langchain_gradsum.nodes import extract_prompt
+
+    assert extract_prompt("<prompt><current_prompt>\nQ: {question}\n</current_prompt></prompt>"
+                          ) == "Q: {question}"
