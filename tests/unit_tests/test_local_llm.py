@@ -561,8 +561,13 @@ def test_server_is_ready_reads_health_then_falls_back_to_model_list(tmp_path: Pa
     assert local_llm.server_slots(url) == local_llm.default_slots()  # no answer: the default
 
 
-def test_shared_server_across_processes(fake_llama_server: Path, tmp_path: Path) -> None:
+def test_shared_server_across_processes(
+    fake_llama_server: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A second process's `run` shares the server the first started (one per machine)."""
+    # The dummy model file is not the real one: without this, assembly would try the
+    # model parts (absent in the test-only install CI uses).
+    monkeypatch.setattr(local_llm, "assemble_model", local_llm.default_model_path)
     with local_llm.running_local_llm(slots=2) as base_url:
         registry = json.loads((tmp_path / "cache" / "server.json").read_text())
         assert registry == {"base_url": base_url, "pid": os.getpid(), "slots": 2}
