@@ -7,14 +7,14 @@ import contextvars
 import copy
 import dataclasses
 import hashlib
+import inspect
 import json
-import math
 import queue
 import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from langchain_gradsum._cache import CallCache
+from langchain_gradsum._knobs import MODEL_ROLES, check_knob, knobs, knobs_doc
 from langchain_gradsum._llm import RunLedger, redact, resolve_model, run_ledger
 from langchain_gradsum._templates import PromptSlot
 from langchain_gradsum.apps import AppRunner, is_app
@@ -32,13 +33,14 @@ from langchain_gradsum.beam import calls_needed_for_one_iteration
 from langchain_gradsum.data import DataLike, check_variables, load_examples
 from langchain_gradsum.evaluators import EvaluatorError, evaluator_name, run_evaluator
 from langchain_gradsum.graph import create_gradsum_graph
-from langchain_gradsum.prompts import MetaPrompts
 from langchain_gradsum.state import (
     Candidate,
     Example,
     GradSumContext,
     GradSumState,
+    ModelLike,
     RoleUsage,
+    RunContext,
 )
 
 __all__ = ["GradSumOptimizer", "OptimizationError", "OptimizationResult"]
@@ -160,113 +162,31 @@ class OptimizationError(RuntimeError):
 class GradSumOptimizer:
     """Optimize a prompt with GRAD-SUM (Austin & Chartock, 2024).
 
+    Takes the knobs of `GradSumContext` as keyword arguments (``model`` may be
+    positional). `model` is optional when optimizing a prompt inside an app that has a
+    chat model: the app runs its own models, and the judge and optimizer default to the
+    app's model. Unlike the context, `max_concurrency` defaults to ``None``: 4, or with
+    ``"local"`` the embedded server's parallel slots.
+
     Args:
-        model: Task model: a `BaseChatModel`, a ``"provider:model"`` string, or
-            ``"local"`` for the embedded Qwen2.5-Coder-1.5B server. Optional when
-            optimizing a prompt inside an app that has a chat model: the app runs its
-            own models, and the judge and optimizer default to the app's model.
-        task_description: Plain-language description of the task.
-        criteria: Evaluation criteria for the LLM judge (scores 0..1). Optional
-            when `evaluators` are given; when both are given, scores are averaged.
-        evaluators: Programmatic evaluators, LangSmith/openevals style.
-        judge_model: Model of the judge (default `model`).
-        optimizer_model: Model of gradient, summary and edit (default `model`).
-        beam_width: Candidates kept per iteration [3].
-        candidates_per_prompt: New prompts written per beam member per iteration [2].
-        max_iterations: Edit rounds [10].
-        minibatch_size: Training rows scored per iteration, fresh each time [10].
-        max_gradients_per_prompt: Cap on critiques per candidate per iteration (default: all).
-        patience: Stop after this many iterations without a better best.
-        target_score: Stop once the best minibatch score reaches this.
-        max_llm_calls: Hard cap on LLM calls (retries included), never exceeded.
-        max_concurrency: LLM calls in flight at once (default 4; with ``"local"``, the
-            embedded server's parallel slots).
-        max_retries: Retries of timeouts, 429s and 5xx errors.
-        summarize: ``False`` runs the paper's ablation: one edit per gradient, no summary.
-        repair_missing_variables: An edited prompt that lost a ``{variable}`` gets it
-            appended at the end (counted as repaired); ``False`` rejects it instead.
-        reject_copied_examples: Reject an edited prompt that pastes in 8+ consecutive
-            words of a training or validation input (it would overfit that example and
-            leak data); ``False`` allows few-shot style prompts built from the data.
-        retry_unusable_edits: Re-ask the editor once, saying why, when its new prompt
-            was rejected or repeats an earlier prompt (the call comes out of the
-            scoring budget of the child that did not come about).
-        screen_size: Score a new child first on this many of the failures it was
-            written for; only a child strictly better than its parent there is scored
-            on the whole batch (0 scores every child on the batch, as the paper does).
-        instruction_edits: A parent's first child adds one instruction to it (short and
-            reliable for a small editor model); the other children are rewrites.
-        prefer_short_outputs: At equal validation score, pick the prompt whose outputs
-            are shorter (fewer generated tokens: cheaper and faster).
-        seed: Seed of the minibatch sampling.
-        meta_prompts: Override the judge/gradient/summary/edit prompts.
     """
 
-    def __init__(
-        self,
-        model: str | BaseChatModel | None = None,
-        *,
-        task_description: str = "",
-        criteria: str | None = None,
-        evaluators: Sequence[Callable[..., Any]] = (),
-        judge_model: str | BaseChatModel | None = None,
-        optimizer_model: str | BaseChatModel | None = None,
-        beam_width: int = 3,
-        candidates_per_prompt: int = 2,
-        max_iterations: int = 10,
-        minibatch_size: int = 10,
-        max_gradients_per_prompt: int | None = None,
-        patience: int | None = None,
-        target_score: float | None = None,
-        max_llm_calls: int | None = None,
-        max_concurrency: int | None = None,
-        max_retries: int = 2,
-        max_parse_retries: int = 1,
-        retry_backoff: float = 1.0,
-        summarize: bool = True,
-        repair_missing_variables: bool = True,
-        reject_copied_examples: bool = True,
-        retry_unusable_edits: bool = True,
-        screen_size: int = 2,
-        instruction_edits: bool = True,
-        prefer_short_outputs: bool = True,
-        seed: int = 0,
-        meta_prompts: MetaPrompts | None = None,
-    ) -> None:
-        _check_int("beam_width", beam_width, 1)
-        _check_int("candidates_per_prompt", candidates_per_prompt, 1)
-        _check_int("max_iterations", max_iterations, 0)
-        _check_int("minibatch_size", minibatch_size, 1)
-        if max_concurrency is None:
-            max_concurrency = _default_concurrency(model, judge_model, optimizer_model)
-        _check_int("max_concurrency", max_concurrency, 1)
-        _check_int("max_retries", max_retries, 0)
-        _check_int("max_parse_retries", max_parse_retries, 0)
-        _check_int("screen_size", screen_size, 0)
-        _check_int("seed", seed, None)
-        if max_gradients_per_prompt is not None:
-            _check_int("max_gradients_per_prompt", max_gradients_per_prompt, 1)
-        if patience is not None:
-            _check_int("patience", patience, 1)
-        if max_llm_calls is not None:
-            _check_int("max_llm_calls", max_llm_calls, 1)
-        if target_score is not None:
-            _check_number("target_score", target_score, 0, 1, low_open=True)
-        _check_number("retry_backoff", retry_backoff, 0, _MAX_BACKOFF_S)
-        for name, flag in (("summarize", summarize),
-                           ("repair_missing_variables", repair_missing_variables),
-                           ("reject_copied_examples", reject_copied_examples),
-                           ("retry_unusable_edits", retry_unusable_edits),
-                           ("instruction_edits", instruction_edits),
-                           ("prefer_short_outputs", prefer_short_outputs)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, got {flag!r}")
-        if not isinstance(task_description, str):
-            raise TypeError(
-                f"task_description must be a str, got {type(task_description).__name__}")
-        if meta_prompts is not None and not isinstance(meta_prompts, MetaPrompts):
-            raise TypeError(
-                f"meta_prompts must be a MetaPrompts, got {type(meta_prompts).__name__}")
+    def __init__(self, model: ModelLike | None = None, **knobs: Any) -> None:
+        for name in knobs:
+            if name not in _KNOBS or name == "model":
+                raise TypeError(
+                    f"GradSumOptimizer() got an unexpected keyword argument {name!r}")
+        judge_model = knobs.pop("judge_model", None)
+        optimizer_model = knobs.pop("optimizer_model", None)
+        if knobs.get("max_concurrency") is None:
+            knobs["max_concurrency"] = _default_concurrency(model, judge_model, optimizer_model)
+        if knobs.get("meta_prompts") is None:
+            knobs.pop("meta_prompts", None)
+        settings = {name: knobs[name] if name in knobs else knob.default
+                    for name, knob in _KNOBS.items() if name not in MODEL_ROLES}
+        for name, value in settings.items():
+            check_knob(name, value)
+        evaluators, criteria = settings["evaluators"], settings["criteria"]
         if isinstance(evaluators, str | bytes) or not isinstance(evaluators, Iterable):
             raise TypeError(f"evaluators must be a list of callables, got {evaluators!r}")
         if not criteria and not evaluators:
@@ -274,44 +194,18 @@ class GradSumOptimizer:
                 "give `criteria` (for the LLM judge) or `evaluators` (programmatic), or both: "
                 "nothing would score the outputs"
             )
-        if criteria is not None and not isinstance(criteria, str):
-            raise TypeError(f"criteria must be a str, got {type(criteria).__name__}")
-        evaluators = list(evaluators)
-        for fn in evaluators:
+        settings["evaluators"] = tuple(evaluators)
+        for fn in settings["evaluators"]:
             if not callable(fn):
                 raise TypeError(f"evaluators must be callables, got {fn!r}")
+        settings["criteria"] = criteria or None
         # Resolve models now: an unknown model string fails here, before any call.
         self.model = resolve_model(model, "model") if model is not None else None
         self.judge_model = resolve_model(judge_model, "judge_model") if judge_model else None
         self.optimizer_model = (
             resolve_model(optimizer_model, "optimizer_model") if optimizer_model else None
         )
-        self.settings = dict(
-            task_description=task_description,
-            criteria=criteria or None,
-            evaluators=tuple(evaluators),
-            beam_width=beam_width,
-            candidates_per_prompt=candidates_per_prompt,
-            max_iterations=max_iterations,
-            minibatch_size=minibatch_size,
-            max_gradients_per_prompt=max_gradients_per_prompt,
-            patience=patience,
-            target_score=target_score,
-            max_llm_calls=max_llm_calls,
-            max_concurrency=max_concurrency,
-            max_retries=max_retries,
-            max_parse_retries=max_parse_retries,
-            retry_backoff=retry_backoff,
-            summarize=summarize,
-            repair_missing_variables=repair_missing_variables,
-            reject_copied_examples=reject_copied_examples,
-            retry_unusable_edits=retry_unusable_edits,
-            screen_size=screen_size,
-            instruction_edits=instruction_edits,
-            prefer_short_outputs=prefer_short_outputs,
-            seed=seed,
-            meta_prompts=meta_prompts or MetaPrompts(),
-        )
+        self.settings = settings
 
     # --- public API --------------------------------------------------------------------
 
@@ -435,14 +329,14 @@ class GradSumOptimizer:
 
     # --- internals ---------------------------------------------------------------------
 
-    def context(self, slot: PromptSlot | None = None, app: Any = None) -> GradSumContext:
+    def context(self, slot: PromptSlot | None = None, app: Any = None) -> RunContext:
         """The graph context these settings make (`app`: an `apps.AppRunner`)."""
         model = self.model
         if model is None and app is not None:  # the app's own model, else the optimizer's
             model = app.model or self.optimizer_model
-        return GradSumContext(model=model, judge_model=self.judge_model,  # type: ignore[arg-type]
-                              optimizer_model=self.optimizer_model, prompt_slot=slot,
-                              app=app, **self.settings)  # type: ignore[arg-type]
+        return RunContext(model=model, judge_model=self.judge_model,  # type: ignore[arg-type]
+                          optimizer_model=self.optimizer_model, prompt_slot=slot,
+                          app=app, **self.settings)
 
     def validate(
         self, prompt: Any, train: DataLike, val: DataLike | None = None, *,
@@ -824,27 +718,6 @@ def _calls(state: GradSumState | dict[str, Any]) -> int:
     return sum(u["calls"] for u in (state.get("usage") or {}).values())
 
 
-_MAX_BACKOFF_S = 60.0
-"""Largest `retry_backoff`: the first retry waits this long, later ones up to 30 times it."""
-
-
-def _check_number(name: str, value: Any, low: float, high: float, *,
-                  low_open: bool = False) -> None:
-    """A finite real number in [low, high] (or (low, high]); never a bool or a str."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
-        bounds = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
-        raise ValueError(f"{name} must be in {bounds}, got {value!r}")
-
-
-def _check_int(name: str, value: Any, minimum: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def _dry_run_evaluators(evaluators: Iterable[Callable[..., Any]], row: dict[str, Any]) -> None:
     """Call each evaluator once with the reference as the output, so a broken
     evaluator fails now and not after calls were paid for."""
@@ -859,3 +732,20 @@ def _dry_run_evaluators(evaluators: Iterable[Callable[..., Any]], row: dict[str,
                 f"evaluator {evaluator_name(fn)!r} failed a dry run on train row 0 (with the "
                 f"reference answer as the output): {type(cause).__name__}: {cause}"
             ) from None
+
+
+_KNOBS = knobs()
+# The constructor's signature and the docstring's knob list, from `GradSumContext`.
+_AUTO: dict[str, Any] = {"max_concurrency": None, "meta_prompts": None}
+"""Knobs whose optimizer default differs from the context's (resolved in `__init__`)."""
+setattr(GradSumOptimizer.__init__, "__signature__", inspect.Signature([  # noqa: B010
+    inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                      annotation=ModelLike | None),
+    *(inspect.Parameter(k.name, inspect.Parameter.KEYWORD_ONLY,
+                        default=_AUTO.get(k.name, k.default),
+                        annotation=k.hint | None if k.name in _AUTO else k.hint)
+      for k in _KNOBS.values() if k.name != "model"),
+], return_annotation=None))
+GradSumOptimizer.__doc__ = (GradSumOptimizer.__doc__ or "").rstrip(" ") + knobs_doc(
+    overrides={"model": "None", "max_concurrency": "None"})

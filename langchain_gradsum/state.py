@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
+from annotated_types import Ge, Interval
 from langchain_core.language_models import BaseChatModel
 
 from langchain_gradsum.prompts import MetaPrompts
@@ -23,6 +24,7 @@ __all__ = [
     "GradSumState",
     "Record",
     "RoleUsage",
+    "RunContext",
     "Screen",
     "ROLES",
     "record_key",
@@ -167,54 +169,121 @@ class GradSumState(TypedDict, total=False):
 Evaluator = Callable[..., Any]
 ModelLike = str | BaseChatModel
 
+MAX_BACKOFF_S = 60.0
+"""Largest `retry_backoff`: the first retry waits this long, later ones up to 30 times it."""
+
 
 @dataclass(kw_only=True)
 class GradSumContext:
-    """Settings of one optimization run (LangGraph's ``context_schema``)."""
+    """Settings of one optimization run (LangGraph's ``context_schema``).
 
-    model: ModelLike = field(metadata={"description": "Task model: runs the candidate prompts."})
-    judge_model: ModelLike | None = field(
-        default=None, metadata={"description": "Scores outputs from `criteria`; default `model`."}
-    )
-    optimizer_model: ModelLike | None = field(
-        default=None,
-        metadata={"description": "Writes gradients, summaries and edits; default `model`."},
-    )
-    task_description: str = ""
-    criteria: str | None = None
-    evaluators: Sequence[Evaluator] = ()
-    beam_width: int = 3
-    candidates_per_prompt: int = 2
-    max_iterations: int = 10
-    minibatch_size: int = 10
-    max_gradients_per_prompt: int | None = None
-    patience: int | None = None
-    target_score: float | None = None
-    max_llm_calls: int | None = None
-    max_concurrency: int = 4
-    max_retries: int = 2
-    max_parse_retries: int = 1
-    retry_backoff: float = 1.0
-    """Seconds before the first retry; doubles each time."""
-    summarize: bool = True
-    repair_missing_variables: bool = True
-    """Append a lost placeholder to an edited prompt instead of rejecting it."""
-    reject_copied_examples: bool = True
-    """Reject an edited prompt that pastes in text of a train/val input (8+ words)."""
-    retry_unusable_edits: bool = True
-    """Re-ask the editor once, saying why, when its prompt was rejected or repeats
-    an earlier prompt (one more call, taken from the unused child's scoring budget)."""
-    screen_size: int = 2
-    """Score a new child first on this many of the failures it was written for; only a
-    child strictly better than its parent there is scored on the batch (0: score every
-    child on the whole batch, as the paper does)."""
-    instruction_edits: bool = True
-    """A parent's first child adds one instruction to it (a short, reliable edit for a
-    small editor model); the other children are rewrites."""
-    prefer_short_outputs: bool = True
-    """At equal validation score, pick the prompt whose outputs are shorter (cheaper)."""
-    seed: int = 0
-    meta_prompts: MetaPrompts = field(default_factory=MetaPrompts)
+    Every knob is defined here once: its type and range (``Annotated``), its default and
+    its description. `GradSumOptimizer`'s parameters and docstring, the ``gradsum
+    optimize`` options and the README's knob table are derived from these fields
+    (`langchain_gradsum._knobs`); the values are checked when a context is made.
+    """
+
+    model: ModelLike = field(metadata={"description": (
+        "Task model that runs the candidate prompts: a BaseChatModel, a 'provider:model' "
+        "string, or 'local' for the embedded Qwen2.5-Coder-1.5B server.")})
+    judge_model: ModelLike | None = field(default=None, metadata={"description": (
+        "Model of the LLM judge that scores outputs by `criteria` (default: `model`).")})
+    optimizer_model: ModelLike | None = field(default=None, metadata={"description": (
+        "Model that writes the critiques, summaries and edits (default: `model`).")})
+    task_description: str = field(default="", metadata={"description": (
+        "Plain-language description of the task.")})
+    criteria: str | None = field(default=None, metadata={"description": (
+        "Criteria for the LLM judge (scores 0..1); give `criteria`, `evaluators` or both "
+        "(scores are then averaged).")})
+    evaluators: Sequence[Evaluator] = field(default=(), metadata={"description": (
+        "Programmatic evaluators, LangSmith/openevals style: "
+        "(inputs, outputs, reference_outputs) -> score.")})
+    beam_width: Annotated[int, Ge(1)] = field(default=3, metadata={"description": (
+        "Candidates kept after each iteration.")})
+    candidates_per_prompt: Annotated[int, Ge(1)] = field(default=2, metadata={"description": (
+        "New prompts written per beam member per iteration.")})
+    max_iterations: Annotated[int, Ge(0)] = field(default=10, metadata={"description": (
+        "Edit rounds.")})
+    minibatch_size: Annotated[int, Ge(1)] = field(default=10, metadata={"description": (
+        "Training rows scored per iteration, a fresh seeded sample each time.")})
+    max_gradients_per_prompt: Annotated[int, Ge(1)] | None = field(
+        default=None, metadata={"description": (
+            "Cap on critiques per candidate per iteration (default: one per shortfall).")})
+    patience: Annotated[int, Ge(1)] | None = field(default=None, metadata={"description": (
+        "Stop after this many iterations without a better best minibatch score.")})
+    target_score: Annotated[float, Interval(gt=0, le=1)] | None = field(
+        default=None, metadata={"description": (
+            "Stop once the best minibatch score reaches this.")})
+    max_llm_calls: Annotated[int, Ge(1)] | None = field(default=None, metadata={"description": (
+        "Hard cap on LLM calls, retries included; never exceeded.")})
+    max_concurrency: Annotated[int, Ge(1)] = field(default=4, metadata={"description": (
+        "LLM calls in flight at once (GradSumOptimizer with 'local': the embedded "
+        "server's parallel slots).")})
+    max_retries: Annotated[int, Ge(0)] = field(default=2, metadata={"description": (
+        "Retries of timeouts, 429s and 5xx errors (exponential backoff).")})
+    max_parse_retries: Annotated[int, Ge(0)] = field(default=1, metadata={"description": (
+        "Re-asks of the judge when its structured reply does not parse (then scored 0).")})
+    retry_backoff: Annotated[float, Interval(ge=0, le=MAX_BACKOFF_S)] = field(
+        default=1.0, metadata={"description": (
+            "Seconds before the first retry; doubles each time.")})
+    summarize: bool = field(default=True, metadata={"description": (
+        "Merge each candidate's critiques into one summary; False is the paper's "
+        "ablation: one edit per critique, no summary.")})
+    repair_missing_variables: bool = field(default=True, metadata={"description": (
+        "Append a {variable} an edit lost, instead of rejecting the edit.")})
+    reject_copied_examples: bool = field(default=True, metadata={"description": (
+        "Reject an edit that pastes in 8+ consecutive words of a train/val input "
+        "(it overfits and leaks data).")})
+    retry_unusable_edits: bool = field(default=True, metadata={"description": (
+        "Re-ask the editor once, saying why, when its prompt was rejected or repeats an "
+        "earlier one (the call comes out of the unused child's scoring budget).")})
+    screen_size: Annotated[int, Ge(0)] = field(default=2, metadata={"description": (
+        "Score a new child first on this many of the failures it was written for; only one "
+        "strictly better than its parent there is scored on the batch (0: off, the paper's "
+        "way).")})
+    instruction_edits: bool = field(default=True, metadata={"description": (
+        "A parent's first child adds one instruction to it (short and reliable for a small "
+        "editor model); the others are rewrites.")})
+    prefer_short_outputs: bool = field(default=True, metadata={"description": (
+        "At equal validation score, pick the prompt with shorter outputs (cheaper).")})
+    seed: int = field(default=0, metadata={"description": "Seed of the minibatch sampling."})
+    meta_prompts: MetaPrompts = field(default_factory=MetaPrompts, metadata={"description": (
+        "The judge, gradient, summary and edit prompts, the edit variants and the edit "
+        "retry message (override any of them).")})
+
+    def __post_init__(self) -> None:
+        from langchain_gradsum._knobs import check_knob, knobs
+
+        for name in knobs():
+            check_knob(name, getattr(self, name))
+
+    # What `GradSumOptimizer` adds for its own runs (`RunContext`); not knobs. A
+    # context made by hand has none of them.
+    @property
+    def prompt_slot(self) -> Any:
+        """Where the optimized text sits in the user's prompt (`_templates.PromptSlot`)."""
+        return None
+
+    @property
+    def app(self) -> Any:
+        """The `apps.AppRunner` of a prompt inside a user's app."""
+        return None
+
+    @property
+    def cache(self) -> Any:
+        """The `CallCache` that answers finished LLM calls."""
+        return None
+
+    @property
+    def should_stop(self) -> Callable[[], str | None] | None:
+        """Polled between steps; a returned reason ends the run gracefully."""
+        return None
+
+
+@dataclass(kw_only=True)
+class RunContext(GradSumContext):
+    """The context of a `GradSumOptimizer` run: the knobs plus the run's internals."""
+
     prompt_slot: Any = None
     """Where the optimized text sits in the user's prompt (see `_templates.PromptSlot`);
     `None` means a plain string template sent as one human message."""

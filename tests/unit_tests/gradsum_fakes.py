@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from langchain_gradsum import GradSumOptimizer
-from langchain_gradsum.state import GradSumContext
+from langchain_gradsum.state import GradSumContext, RunContext
 from langchain_gradsum.testing import ScriptedChatModel
 
 GOOD = "BETTER"
@@ -72,12 +72,12 @@ def optimizer(model: Any, **settings: Any) -> GradSumOptimizer:
     return GradSumOptimizer(model, **{**defaults, **settings})
 
 
-def context(model: Any, **settings: Any) -> GradSumContext:
+def context(model: Any, **settings: Any) -> RunContext:
     from langchain_gradsum import exact_match
 
     defaults: dict[str, Any] = dict(evaluators=(exact_match,), retry_backoff=0,
                                     minibatch_size=2)
-    return GradSumContext(model=model, **{**defaults, **settings})
+    return RunContext(model=model, **{**defaults, **settings})
 
 
 class FakeRuntime(SimpleNamespace):
