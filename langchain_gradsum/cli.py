@@ -12,9 +12,13 @@ far is written).
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
+import re
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +26,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from langchain_gradsum._knobs import MODEL_ROLES, Knob, knobs
 
 __all__ = ["app", "main"]
 
@@ -141,6 +147,93 @@ def _flush_traces() -> None:
         from langchain_core.tracers.langchain import wait_for_all_tracers
 
         wait_for_all_tracers()
+
+
+def _meta_prompts(path: Path) -> Any:
+    """`MetaPrompts` from a JSON object of the fields to override."""
+    from langchain_gradsum.prompts import MetaPrompts
+
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"--meta-prompts: cannot read {str(path)!r}: {e}") from None
+    if not isinstance(fields, dict):
+        raise InputError("--meta-prompts: the file must hold a JSON object")
+    if isinstance(fields.get("edit_variants"), list):
+        fields["edit_variants"] = tuple(fields["edit_variants"])
+    try:
+        return MetaPrompts(**fields)
+    except TypeError as e:
+        raise InputError(f"--meta-prompts: {e}") from None
+
+
+# --- one option per knob -------------------------------------------------------------
+
+_BY_HAND = {"model": "--model", "judge_model": "--judge-model",
+            "optimizer_model": "--optimizer-model", "task_description": "--task",
+            "criteria": "--criteria", "evaluators": "--evaluator",
+            "meta_prompts": "--meta-prompts"}
+"""Knobs whose option `optimize` declares itself (model specs, @FILE texts, names)."""
+_FLAG_ALIASES = {"repair_missing_variables": "--no-repair",
+                 "reject_copied_examples": "--allow-copied-examples",
+                 "retry_unusable_edits": "--no-edit-retry",
+                 "prefer_short_outputs": "--no-prefer-short"}
+"""Earlier names of some knobs' off-switches, still accepted."""
+
+
+def knob_option(name: str) -> str:
+    """The ``gradsum optimize`` option of a `GradSumContext` knob."""
+    return _BY_HAND.get(name) or "--" + name.replace("_", "-")
+
+
+def _help(name: str, more: str = "") -> str:
+    """A knob's description as option help: `other_knob` reads as its option."""
+    text = knobs()[name].description + more
+    return re.sub(r"`(\w+)`", lambda m: knob_option(m.group(1)) if m.group(1) in knobs()
+                  else m.group(0), text)
+
+
+def _knob_parameter(knob: Knob) -> inspect.Parameter:
+    """The typer parameter of one knob: ``--beam-width N``, ``--summarize/--no-summarize``.
+
+    Its default is ``None`` (not given: the optimizer's default applies); the help shows
+    the context's default."""
+    flag = knob_option(knob.name)
+    shown: str | bool = False if knob.default is None else knob.shown_default().strip("`")
+    if knob.kind is bool:
+        decls = [f"{flag}/--no-{flag[2:]}"]
+        if knob.name in _FLAG_ALIASES:
+            decls.append(f" /{_FLAG_ALIASES[knob.name]}")
+        shown = flag if knob.default else f"--no-{flag[2:]}"
+        option = typer.Option(*decls, help=_help(knob.name), show_default=shown)
+    elif knob.kind in (int, float, str):
+        option = typer.Option(flag, help=_help(knob.name), show_default=shown)
+    else:
+        raise TypeError(f"knob {knob.name!r} has no command-line form: declare its option in "
+                        "cli.optimize and list it in cli._BY_HAND")
+    return inspect.Parameter(knob.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                             annotation=Annotated[knob.kind | None, option])
+
+
+def _with_knob_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`command` with one option per knob of `GradSumContext` (but those in `_BY_HAND`),
+    in place of its ``knobs`` parameter; the values given reach it as ``knobs={name: value}``."""
+    derived = [_knob_parameter(k) for k in knobs().values() if k.name not in _BY_HAND]
+    names = [p.name for p in derived]
+    signature = inspect.signature(command, eval_str=True)
+    params = list(signature.parameters.values())
+    at = [p.name for p in params].index("knobs")
+    params[at:at + 1] = derived
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        given = {n: v for n in names if (v := kwargs.pop(n)) is not None}
+        command(**kwargs, knobs=given)
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # type: ignore[attr-defined]
+    return wrapper
 
 
 # --- live progress -------------------------------------------------------------------
@@ -283,6 +376,7 @@ def _root(
 
 
 @app.command()
+@_with_knob_options
 def optimize(
     data: Annotated[Path, typer.Option(
         "--data", "-d", help="Training rows: JSONL, one {\"inputs\": {...}, \"outputs\": "
@@ -312,7 +406,7 @@ def optimize(
         "--val", help="Validation rows (JSONL) to pick the final prompt on; default: the "
         "training rows.", dir_okay=False, metavar="FILE")] = None,
     task: Annotated[str, typer.Option(
-        "--task", "-t", help="Plain-language description of the task (or @FILE).",
+        "--task", "-t", help=_help("task_description", " Or @FILE."),
         metavar="TEXT")] = "",
     criteria: Annotated[str | None, typer.Option(
         "--criteria", "-c", help="Criteria for the LLM judge, scored 0..1 (or @FILE). Give "
@@ -322,60 +416,16 @@ def optimize(
         "contains_answer or choice_match; repeat for several.",
         case_sensitive=False, metavar="NAME")] = None,
     judge_model: Annotated[str | None, typer.Option(
-        "--judge-model", help="Model of the LLM judge (default: --model).",
+        "--judge-model", help=_help("judge_model"),
         metavar="MODEL")] = None,
     optimizer_model: Annotated[str | None, typer.Option(
-        "--optimizer-model", help="Model that writes critiques, summaries and edits "
-        "(default: --model).", metavar="MODEL")] = None,
-    beam_width: Annotated[int, typer.Option(
-        "--beam-width", help="Candidates kept per iteration.")] = 3,
-    candidates_per_prompt: Annotated[int, typer.Option(
-        "--candidates-per-prompt", help="New prompts written per beam member per "
-        "iteration.")] = 2,
-    max_iterations: Annotated[int, typer.Option(
-        "--max-iterations", help="Edit rounds.")] = 10,
-    minibatch_size: Annotated[int, typer.Option(
-        "--minibatch-size", help="Training rows scored per iteration (fresh each "
-        "time).")] = 10,
-    patience: Annotated[int | None, typer.Option(
-        "--patience", help="Stop after this many iterations without a better best.",
-        show_default=False)] = None,
-    target_score: Annotated[float | None, typer.Option(
-        "--target-score", help="Stop once the best minibatch score reaches this (0..1].",
-        show_default=False)] = None,
-    max_llm_calls: Annotated[int | None, typer.Option(
-        "--max-llm-calls", help="Hard cap on LLM calls, retries included; never exceeded.",
-        show_default=False)] = None,
-    max_concurrency: Annotated[int | None, typer.Option(
-        "--max-concurrency", help="LLM calls in flight at once (default 4; with the "
-        "local model, its server's parallel slots).")] = None,
-    max_gradients_per_prompt: Annotated[int | None, typer.Option(
-        "--max-gradients-per-prompt", help="Cap on critiques per candidate per iteration "
-        "(default: one per shortfall).", show_default=False)] = None,
-    max_retries: Annotated[int, typer.Option(
-        "--max-retries", help="Retries of timeouts, 429s and 5xx errors.")] = 2,
-    no_summarize: Annotated[bool, typer.Option(
-        "--no-summarize", help="The paper's ablation: one edit per critique, no "
-        "summary.")] = False,
-    no_repair: Annotated[bool, typer.Option(
-        "--no-repair", help="Reject an edited prompt that lost a {variable} instead of "
-        "appending the variable.")] = False,
-    allow_copied_examples: Annotated[bool, typer.Option(
-        "--allow-copied-examples", help="Keep edited prompts that paste in a train/val "
-        "input (rejected by default: they overfit and leak data).")] = False,
-    no_edit_retry: Annotated[bool, typer.Option(
-        "--no-edit-retry", help="Do not re-ask the editor when its prompt is rejected "
-        "or repeats an earlier one.")] = False,
-    screen_size: Annotated[int, typer.Option(
-        "--screen-size", help="Score a new child first on this many of the failures it was "
-        "written for; only one that beats its parent there is scored further (0: off).")] = 2,
-    no_instruction_edits: Annotated[bool, typer.Option(
-        "--no-instruction-edits", help="Write every child as a rewrite (by default a "
-        "parent's first child adds one instruction).")] = False,
-    no_prefer_short: Annotated[bool, typer.Option(
-        "--no-prefer-short", help="At equal validation score, do not prefer the prompt "
-        "with shorter outputs.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the minibatch sampling.")] = 0,
+        "--optimizer-model", help=_help("optimizer_model"),
+        metavar="MODEL")] = None,
+    meta_prompts: Annotated[Path | None, typer.Option(
+        "--meta-prompts", help="A JSON object overriding any of the meta-prompts (keys: "
+        "judge, gradient, summarize, edit, edit_instruction, edit_variants, edit_retry).",
+        dir_okay=False, show_default=False, metavar="FILE")] = None,
+    knobs: dict[str, Any] | None = None,  # the other knobs' options, in this place
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Directory to write result.json and report.html into.",
         file_okay=False, show_default=False, metavar="DIR")] = None,
@@ -424,30 +474,11 @@ def optimize(
             check_variables(train_rows, variables, "--data")
             if val_rows:
                 check_variables(val_rows, variables, "--val")
-        evaluators = _evaluators(list(evaluator or []))
-        knobs: dict[str, Any] = dict(
-            task_description=task_text,
-            criteria=criteria_text or None,
-            evaluators=evaluators,
-            beam_width=beam_width,
-            candidates_per_prompt=candidates_per_prompt,
-            max_iterations=max_iterations,
-            minibatch_size=minibatch_size,
-            patience=patience,
-            target_score=target_score,
-            max_llm_calls=max_llm_calls,
-            max_concurrency=max_concurrency,
-            max_gradients_per_prompt=max_gradients_per_prompt,
-            max_retries=max_retries,
-            summarize=not no_summarize,
-            repair_missing_variables=not no_repair,
-            reject_copied_examples=not allow_copied_examples,
-            retry_unusable_edits=not no_edit_retry,
-            screen_size=screen_size,
-            instruction_edits=not no_instruction_edits,
-            prefer_short_outputs=not no_prefer_short,
-            seed=seed,
-        )
+        knobs = {**(knobs or {}), "task_description": task_text,
+                 "criteria": criteria_text or None,
+                 "evaluators": _evaluators(list(evaluator or []))}
+        if meta_prompts is not None:
+            knobs["meta_prompts"] = _meta_prompts(meta_prompts)
         app_args = {"target": target, "input_key": input_key} if loaded is not None else {}
         _check_settings(knobs, loaded or template, train_rows, val_rows, **app_args)
     except (ValueError, TypeError) as e:
@@ -476,8 +507,9 @@ def optimize(
                 + (" · tracing to LangSmith" if _tracing_enabled() else ""),
                 markup=False,
             )
-        view = ProgressView(console, max_iterations=max_iterations, budget=max_llm_calls,
-                            quiet=quiet)
+        settings = optimizer.settings
+        view = ProgressView(console, max_iterations=settings["max_iterations"],
+                            budget=settings["max_llm_calls"], quiet=quiet)
         try:
             with view:
                 result = optimizer.optimize(loaded or template, train_rows, val_rows,
@@ -498,8 +530,8 @@ def optimize(
         "command": "gradsum optimize",
         "models": {k: v for k, v in specs.items() if v is not None},
         **({"app": app_spec, "target": target, "input_key": input_key} if app_spec else {}),
-        "settings": {k: (v if k != "evaluators" else [e.__name__ for e in v])
-                     for k, v in knobs.items()},
+        "settings": {k: v for k, v in optimizer.describe_settings().items()
+                     if k not in (*MODEL_ROLES, "meta_prompts")},
         "data": {"train": str(data), **({"val": str(val)} if val is not None else {})},
         "examples": {"train": train_rows, **({"val": val_rows} if val_rows else {})},
     }

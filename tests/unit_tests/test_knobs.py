@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
+from pathlib import Path
 
 import pytest
 from gradsum_fakes import scripted
+from typer.testing import CliRunner
 
 from langchain_gradsum import GradSumContext, GradSumOptimizer, exact_match
 from langchain_gradsum._knobs import check_knob, knobs
@@ -79,3 +82,86 @@ def test_optional_knobs_take_none() -> None:
     for knob in knobs().values():
         if knob.optional:
             check_knob(knob.name, None)
+
+
+# --- the command line ----------------------------------------------------------------
+
+
+def test_gradsum_optimize_help_lists_exactly_the_knobs() -> None:
+    from typer.main import get_command
+
+    from langchain_gradsum.cli import app, knob_option
+
+    command = get_command(app).commands["optimize"]  # type: ignore[attr-defined]
+    options = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+    for name in KNOBS:
+        assert knob_option(name) in options, name
+    res = CliRunner().invoke(app, ["optimize", "--help"], terminal_width=200)
+    for name in KNOBS:
+        assert knob_option(name) in res.output, name
+    for knob in knobs().values():  # the derived options show the context's description
+        if knob.kind in (int, float, bool):
+            assert knob.description.split(";")[0].split("(")[0].strip() in \
+                " ".join(res.output.split()), knob.name
+
+
+def test_new_knob_flags_reach_the_optimizer(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    from langchain_gradsum import cli
+
+    seen: dict[str, object] = {}
+
+    class Spy(GradSumOptimizer):
+        def __init__(self, model: object = None, **knobs: object) -> None:
+            super().__init__(model, **knobs)  # type: ignore[arg-type]
+            seen.update(self.settings)
+
+        def optimize(self, *args: object, **kwargs: object) -> object:
+            raise KeyboardInterrupt
+
+    import langchain_gradsum.optimizer as optimizer_module
+
+    monkeypatch.setattr(optimizer_module, "GradSumOptimizer", Spy)
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"inputs": {"question": "q"}, "outputs": {"answer": "a"}})
+                     + "\n", encoding="utf-8")
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"summarize": "Merge for {prompt}: {gradients}"}), encoding="utf-8")
+    res = CliRunner().invoke(cli.app, [
+        "optimize", "Q: {question}", "--data", str(train), "--model", "openai:gpt-4o-mini",
+        "--evaluator", "exact_match", "--max-parse-retries", "3", "--retry-backoff", "0.5",
+        "--no-summarize", "--no-repair", "--meta-prompts", str(meta)], env={
+        "OPENAI_API_KEY": "sk-test-not-used"})
+    assert res.exit_code == 130, res.output
+    assert seen["max_parse_retries"] == 3 and seen["retry_backoff"] == 0.5
+    assert seen["summarize"] is False and seen["repair_missing_variables"] is False
+    assert seen["meta_prompts"].summarize == "Merge for {prompt}: {gradients}"  # type: ignore[attr-defined]
+    assert seen["beam_width"] == knobs()["beam_width"].default  # not given: the default
+
+
+def test_bad_meta_prompts_file_is_an_input_error(tmp_path: Path) -> None:
+    from langchain_gradsum.cli import app
+
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"nope": "x"}), encoding="utf-8")
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"inputs": {"question": "q"}, "outputs": {"answer": "a"}})
+                     + "\n", encoding="utf-8")
+    res = CliRunner().invoke(app, ["optimize", "Q: {question}", "--data", str(train),
+                                   "--model", "local", "--evaluator", "exact_match",
+                                   "--meta-prompts", str(meta)])
+    assert res.exit_code == 2 and "--meta-prompts" in res.stderr
+
+
+# --- the README ------------------------------------------------------------------------
+
+
+def test_readme_knob_table_is_generated_from_the_context() -> None:
+    from langchain_gradsum._knobs import knob_table, readme_with_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert knob_table() in readme, "README.md's knob table is stale: run " \
+                                   "`python -m langchain_gradsum._knobs README.md`"
+    assert readme_with_table(readme) == readme
+    for name in KNOBS:
+        assert f"| `{name}` |" in knob_table()
