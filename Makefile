@@ -18,11 +18,11 @@ LOCAL  := $(PY) -m langchain_gradsum.local_llm
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install install-local local-llm serve test test-unit test-integration \
-        demo lint clean
+        demo lint clean docs
 
 help:
 	@echo "targets: venv install install-local local-llm serve test test-unit"
-	@echo "         test-integration demo lint clean"
+	@echo "         test-integration demo lint docs clean"
 
 venv: $(PY)
 
@@ -83,6 +83,13 @@ test: test-unit test-notebooks test-integration
 
 demo: local-llm
 	$(LOCAL) run -- $(PY) -m langchain_gradsum.demo
+
+# Regenerate what is made from the code: the README's knob table (from GradSumContext)
+# and the graph's drawings (graphs/draw.py). Unit tests fail when either is stale.
+.PHONY: docs
+docs: install
+	$(PY) -c "from langchain_gradsum._knobs import main; main(['README.md'])"
+	$(PY) graphs/draw.py
 
 lint:
 	@if $(PY) -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check .; \

@@ -5,7 +5,7 @@ Each field gives a knob's type and range (``Annotated[int, Ge(1)]``, from
 them come the checks (`check_knob`), `GradSumOptimizer`'s parameters and docstring, the
 ``gradsum optimize`` options and the README's knob table (`knob_table`)::
 
-    python -m langchain_gradsum._knobs README.md   # rewrite the README's knob table
+    make docs   # rewrites the README's knob table (and the graph drawings)
 """
 
 from __future__ import annotations
@@ -158,8 +158,7 @@ def knobs_doc(indent: int = 8, overrides: dict[str, str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-_BEGIN = ("<!-- knobs: generated from GradSumContext by "
-          "`python -m langchain_gradsum._knobs README.md` -->")
+_BEGIN = "<!-- knobs: generated from GradSumContext by `make docs` -->"
 _END = "<!-- /knobs -->"
 
 

@@ -161,7 +161,7 @@ def test_readme_knob_table_is_generated_from_the_context() -> None:
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert knob_table() in readme, "README.md's knob table is stale: run " \
-                                   "`python -m langchain_gradsum._knobs README.md`"
+                                   "`make docs`"
     assert readme_with_table(readme) == readme
     for name in KNOBS:
         assert f"| `{name}` |" in knob_table()
