@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,62 @@ class OptimizationResult:
                   if k.startswith(f"{cid}|{split}|") and "output_tokens" in r]
         return sum(counts) / len(counts) if counts else None
 
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], context: GradSumContext | None = None, *,
+                   stop_reason: str | None = None, wall_time_s: float = 0.0,
+                   settings: dict[str, Any] | None = None) -> OptimizationResult:
+        """The result of a GRAD-SUM graph run, from its state: what ``graph.invoke(...)``
+        returns, or ``graph.get_state(config).values`` of a checkpointed run.
+
+        A finished run (``finalize`` set ``best_id``) gives the best prompt on validation
+        (``split`` "val", or "train" without validation rows). A run that did not finish,
+        or any run when `stop_reason` is given (e.g. ``"interrupted"``), gives the best
+        candidate so far: the top minibatch score of the latest iteration anything was
+        scored in (``split`` "minibatch", not validated); stopped before the first step
+        ended, that is the initial prompt, unscored.
+
+        Args:
+            state: The graph's state.
+            context: The run's context: the best prompt is rebuilt as the input prompt's
+                type and `settings` default to its knobs. Without it, a str template.
+            stop_reason: Treat the run as stopped for this reason.
+            wall_time_s: How long the run took, if known.
+            settings: The run's knobs as JSON-able data (default: from `context`).
+        """
+        state = dict(state)
+        if state.get("best_id") and stop_reason is None:
+            best_id = state["best_id"]
+            cands = state["candidates"]
+            best, initial = cands[best_id]["val_score"], cands["c0"]["val_score"]
+            split, reason = "val" if state.get("val") else "train", state["stop_reason"]
+        else:
+            state, best_id, best, initial = _best_so_far(state)
+            split, reason = "minibatch", stop_reason or "incomplete"
+        if settings is None:
+            settings = _describe({name: getattr(context, name)
+                                  for name in knobs()}) if context is not None else {}
+        app = context.app if context is not None else None
+        slot: PromptSlot = (context.prompt_slot if context is not None else None) \
+            or PromptSlot("str")
+        template = state["candidates"][best_id]["template"]
+        return cls(
+            best_prompt=slot.rebuild(template),
+            best_app=app.build(template) if app is not None else None,
+            best_template=template,
+            best_id=best_id,
+            best_score=best,
+            initial_score=initial,
+            split=split,
+            stop_reason=reason,
+            iterations=state.get("iteration", 0),
+            candidates=dict(state["candidates"]),
+            usage=dict(state.get("usage") or {}),
+            counters=dict(state.get("counters") or {}),
+            wall_time_s=wall_time_s,
+            records=dict(state.get("records") or {}),
+            settings={**settings, **({"app": app.describe()} if app is not None else {})},
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "best_template": self.best_template,
@@ -140,6 +196,41 @@ class OptimizationResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_json(indent=2), encoding="utf-8")
         return path
+
+
+def _best_so_far(state: dict[str, Any]) -> tuple[dict[str, Any], str, float | None,
+                                                 float | None]:
+    """``(state, best_id, best, initial)`` of a run that did not finish: the top
+    minibatch score of the latest iteration anything was scored in."""
+    cands: dict[str, Candidate] = state.get("candidates") or {}
+    if not cands:
+        if not state.get("prompt"):
+            raise ValueError("the state holds neither candidates nor a prompt: no result")
+        cands = {"c0": {"id": "c0", "template": state["prompt"], "parent_id": None,
+                        "iteration": 0, "summary": None, "gradients": {}, "summaries": {},
+                        "scores": {}, "val_score": None}}
+        state = {**state, "candidates": cands}
+    best_id, best, latest = "c0", None, -1
+    for cid, cand in cands.items():
+        for it, score in cand["scores"].items():
+            if int(it) > latest or (int(it) == latest and score > (best or -1)):
+                best_id, best, latest = cid, score, int(it)
+    return state, best_id, best, cands["c0"]["scores"].get(str(latest))
+
+
+def _describe(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Knob values as JSON-able data: evaluators by name, meta-prompts as text, models by
+    a readable label."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key == "evaluators":
+            value = [evaluator_name(f) for f in value]
+        elif key == "meta_prompts":
+            value = dataclasses.asdict(value)
+        elif key in MODEL_ROLES and value is not None:
+            value = value if isinstance(value, str) else _model_label(value)
+        out[key] = value
+    return out
 
 
 def _default_concurrency(*models: Any) -> int:
@@ -470,72 +561,21 @@ class GradSumOptimizer:
 
     def _result(self, state: dict[str, Any], ctx: GradSumContext, start: float,
                 interrupted: str | None = None) -> OptimizationResult:
-        if state.get("best_id") and not interrupted:
-            best_id = state["best_id"]
-            cands = state["candidates"]
-            return self._build(state, ctx, start, best_id, cands[best_id]["val_score"],
-                               cands["c0"]["val_score"],
-                               "val" if state.get("val") else "train", state["stop_reason"])
-        return self._partial(state, ctx, start, interrupted or "incomplete")
+        return OptimizationResult.from_state(
+            state, ctx, stop_reason=interrupted, wall_time_s=round(time.monotonic() - start, 3),
+            settings=self.describe_settings())
 
-    def _partial(self, state: dict[str, Any], ctx: GradSumContext, start: float,
-                 reason: str = "error") -> OptimizationResult | None:
-        """Best so far when the run did not finish: the top minibatch score of the
-        latest iteration anything was scored in (not validated). Stopped before the
-        first step ended, that is the initial prompt, unscored."""
-        cands: dict[str, Candidate] = state.get("candidates") or {}
-        if not cands:
-            if not state.get("prompt"):
-                return None
-            cands = {"c0": {"id": "c0", "template": state["prompt"], "parent_id": None,
-                            "iteration": 0, "summary": None, "gradients": {}, "summaries": {},
-                            "scores": {}, "val_score": None}}
-            state = {**state, "candidates": cands}
-        best_id, best, latest = "c0", None, -1
-        for cid, cand in cands.items():
-            for it, score in cand["scores"].items():
-                if int(it) > latest or (int(it) == latest and score > (best or -1)):
-                    best_id, best, latest = cid, score, int(it)
-        init = cands["c0"]["scores"].get(str(latest))
-        return self._build(state, ctx, start, best_id, best, init, "minibatch", reason)
-
-    def _build(self, state: dict[str, Any], ctx: GradSumContext, start: float, best_id: str,
-               best: float | None, initial: float | None, split: str,
-               reason: str) -> OptimizationResult:
-        slot: PromptSlot = ctx.prompt_slot or PromptSlot("str")
-        template = state["candidates"][best_id]["template"]
-        return OptimizationResult(
-            best_prompt=slot.rebuild(template),
-            best_app=ctx.app.build(template) if ctx.app is not None else None,
-            best_template=template,
-            best_id=best_id,
-            best_score=best,
-            initial_score=initial,
-            split=split,
-            stop_reason=reason,
-            iterations=state.get("iteration", 0),
-            candidates=dict(state["candidates"]),
-            usage=dict(state.get("usage") or {}),
-            counters=dict(state.get("counters") or {}),
-            wall_time_s=round(time.monotonic() - start, 3),
-            records=dict(state.get("records") or {}),
-            settings={**self.describe_settings(),
-                      **({"app": ctx.app.describe()} if ctx.app is not None else {})},
-        )
+    def _partial(self, state: dict[str, Any], ctx: GradSumContext,
+                 start: float) -> OptimizationResult | None:
+        """What an `OptimizationError` keeps (`None` when the run had not even an input)."""
+        if not state.get("candidates") and not state.get("prompt"):
+            return None
+        return self._result(state, ctx, start, interrupted="error")
 
     def describe_settings(self) -> dict[str, Any]:
         """The settings as JSON-able data (for results, reports and benchmarks)."""
-        out: dict[str, Any] = {}
-        for key, value in self.settings.items():
-            if key == "evaluators":
-                value = [evaluator_name(f) for f in value]
-            elif key == "meta_prompts":
-                value = dataclasses.asdict(value)
-            out[key] = value
-        for role in ("model", "judge_model", "optimizer_model"):
-            model = getattr(self, role)
-            out[role] = None if model is None else _model_label(model)
-        return out
+        return _describe({**self.settings, **{role: getattr(self, role)
+                                              for role in MODEL_ROLES}})
 
 
 @dataclass

@@ -98,3 +98,33 @@ def test_loopback_is_allowed() -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             conn, _ = server.accept()
             conn.close()
+
+
+# --- a result from the raw graph ---------------------------------------------------------
+
+
+def test_optimization_result_from_the_raw_graphs_state() -> None:
+    from gradsum_fakes import context, qa_rows, scripted
+
+    from langchain_gradsum import OptimizationResult
+
+    ctx = context(scripted(), max_iterations=1)
+    state = create_gradsum_graph().invoke(
+        {"prompt": "Q: {question}", "train": qa_rows(4), "val": qa_rows(2, "v")}, context=ctx)
+    result = OptimizationResult.from_state(state, ctx)
+    assert result.best_id == state["best_id"] and result.split == "val"
+    assert result.best_score == state["candidates"][state["best_id"]]["val_score"]
+    assert result.best_prompt == result.best_template  # a str template in, a str out
+    assert result.stop_reason == state["stop_reason"]
+    assert result.total_calls == sum(u["calls"] for u in state["usage"].values())
+    assert result.settings["beam_width"] == ctx.beam_width
+    assert result.settings["evaluators"] == ["exact_match"]
+    assert result.lineage()[0]["id"] == "c0"
+    # Stopped early (or asked to): the best minibatch candidate so far.
+    stopped = OptimizationResult.from_state(state, stop_reason="interrupted")
+    assert stopped.split == "minibatch" and stopped.stop_reason == "interrupted"
+    assert stopped.settings == {}
+    fresh = OptimizationResult.from_state({"prompt": "Q: {question}"})
+    assert fresh.best_id == "c0" and fresh.best_score is None
+    with pytest.raises(ValueError, match="neither candidates nor a prompt"):
+        OptimizationResult.from_state({})
