@@ -1,7 +1,9 @@
 """Scripted fake chat models for tests, notebooks run in CI, and benchmarks.
 
-No network: a Python function decides each reply. Structured output (the judge)
-works through tool calls, like a real function-calling model.
+No network: a Python function decides each reply. It is told which GRAD-SUM module
+made the call by the ``gradsum:<role>`` tag every call of the optimizer carries, so a
+script works with any meta-prompts. Structured output (the judge) works through tool
+calls, like a real function-calling model.
 
 Example:
     >>> def respond(text: str, role: str):
@@ -27,7 +29,9 @@ from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
-__all__ = ["ScriptedChatModel", "role_of"]
+__all__ = ["ScriptedChatModel", "role_from_tags", "role_of"]
+
+_TAG = "gradsum:"
 
 _MARKERS = (
     ("judge", "You are grading the output"),
@@ -38,8 +42,18 @@ _MARKERS = (
 )
 
 
+def role_from_tags(tags: Sequence[str] | None) -> str | None:
+    """The role of a call from its ``gradsum:<role>`` tag (``None`` when untagged)."""
+    for tag in tags or ():
+        if tag.startswith(_TAG):
+            return tag[len(_TAG):]
+    return None
+
+
 def role_of(text: str) -> str:
-    """Which GRAD-SUM module sent a prompt (default meta-prompts); else ``"generate"``."""
+    """Which GRAD-SUM module sent a prompt, guessed from the default meta-prompts' words
+    (else ``"generate"``): for what sees only the text, such as a fake HTTP server. A
+    `ScriptedChatModel` reads the call's tag instead (`role_from_tags`)."""
     for role, marker in _MARKERS:
         if marker in text:
             return role
@@ -52,6 +66,9 @@ Responder = Callable[[str, str], Reply]
 
 class ScriptedChatModel(BaseChatModel):
     """A chat model whose replies come from ``respond(prompt_text, role)``.
+
+    `role` is the call's ``gradsum:<role>`` tag (``"generate"``, ``"judge"``,
+    ``"gradient"``, ``"summarize"`` or ``"edit"``); an untagged call is ``"generate"``.
 
     The reply may be a string, a dict (the arguments of the bound tool, for
     structured output), an `AIMessage`, or an exception instance to raise.
@@ -98,7 +115,7 @@ class ScriptedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         text = "\n\n".join(str(m.content) for m in messages)
-        role = role_of(text)
+        role = role_from_tags(run_manager.tags if run_manager else None) or "generate"
         if self.latency:
             time.sleep(self.latency)
         reply = self.respond(text, role)

@@ -265,3 +265,24 @@ def test_max_concurrency_defaults_to_the_local_servers_slots(
     assert _default_concurrency(scripted(), "local", None) == 3  # any role on the local model
     assert _default_concurrency(scripted(), None, None) == 4
     assert optimizer(scripted()).settings["max_concurrency"] == 4
+
+
+def test_the_scripted_model_routes_by_tag_whatever_the_meta_prompts_say() -> None:
+    """Overridden meta-prompts without any of the default wording: each call still
+    reaches the script under its own role (the ``gradsum:<role>`` tag)."""
+    from langchain_gradsum import MetaPrompts
+
+    meta = MetaPrompts(
+        judge="Rate {output} by {criteria}.",
+        gradient="Why is {output} wrong for {prompt}?",
+        summarize="Sum up {gradients} for {prompt}.",
+        edit="Fix {prompt} given {feedback}; keep {variables}.",
+        edit_instruction="Add a line to {prompt} given {feedback}.",
+    )
+    model = scripted()
+    result = optimizer(model, meta_prompts=meta, criteria="right", max_iterations=1).optimize(
+        "Q: {question}", qa_rows(4))
+    roles = model.calls_by_role()
+    assert set(roles) == {"generate", "judge", "gradient", "summarize", "edit"}
+    assert all(text.startswith("Rate ") for role, text, _ in model.calls if role == "judge")
+    assert GOOD in result.best_template
