@@ -57,6 +57,36 @@ class Script:
         raise AssertionError(role)
 
 
+def arithmetic(*, wrong: str = "five", reasoning: str = "checked",
+               gradient: str = "The prompt does not ask for step-by-step reasoning.",
+               summary: str = "Ask for step-by-step reasoning and a final number.",
+               good_prompt: str = "Think step by step, then answer: {question}",
+               instruction_is_good: bool = False) -> Callable[[str, str], Any]:
+    """The "2+2" script of the CLI, report and tracing tests, as a responder.
+
+    generate: "The answer is 4" when the prompt says "step by step", else `wrong`;
+    judge: 1 for an output with "answer is 4"; edit: `good_prompt` for the first edit
+    variant (and, with `instruction_is_good`, for an added instruction), else a prompt
+    that does not help. The texts are parameters so a test can carry its own payload.
+    """
+
+    def respond(text: str, role: str) -> Any:
+        if role == "judge":
+            return {"reasoning": reasoning, "score": 1.0 if "answer is 4" in text else 0.0}
+        if role == "gradient":
+            return gradient
+        if role == "summarize":
+            return summary
+        if role == "edit":
+            if "version 1" in text or (instruction_is_good
+                                       and "Write the one instruction" in text):
+                return f"<prompt>{good_prompt}</prompt>"
+            return "<prompt>Work it out carefully.\n{question}</prompt>"
+        return "The answer is 4" if "step by step" in text else wrong
+
+    return respond
+
+
 def scripted(respond: Callable[[str, str], Any] | None = None, **overrides: Any
              ) -> ScriptedChatModel:
     """A fresh scripted model: `respond`, or a `Script` with per-role overrides."""

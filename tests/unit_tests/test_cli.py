@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gradsum_fakes import arithmetic
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -21,20 +22,7 @@ from langchain_gradsum.testing import ScriptedChatModel
 runner = CliRunner()
 
 
-def respond(text: str, role: str) -> Any:
-    if role == "judge":
-        return {"reasoning": "checked", "score": 1.0 if "answer is 4" in text else 0.0}
-    if role == "gradient":
-        return "The prompt does not ask the model to think step by step."
-    if role == "summarize":
-        return "Ask for step-by-step reasoning and a final number."
-    if role == "edit":
-        if "Write the one instruction" in text:  # the editor may write a whole prompt
-            return "<prompt>Think step by step, then answer: {question}</prompt>"
-        if "version 1" in text:
-            return "<prompt>Think step by step, then answer: {question}</prompt>"
-        return "<prompt>Work it out carefully.\n{question}</prompt>"
-    return "The answer is 4" if "step by step" in text else "five"
+respond = arithmetic(instruction_is_good=True)
 
 
 @pytest.fixture

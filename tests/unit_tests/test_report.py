@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gradsum_fakes import arithmetic
 
 from langchain_gradsum import GradSumOptimizer, numeric_match
 from langchain_gradsum.report import load_result, render_report, write_report
@@ -18,18 +19,9 @@ PAYLOAD = "<script>window.__pwned=1</script>"
 IMG = "<img src=x onerror=\"window.__pwned=2\">"
 
 
-def respond(text: str, role: str) -> Any:
-    if role == "judge":
-        return {"reasoning": f"judge saw {IMG}", "score": 1.0 if "answer is 4" in text else 0.0}
-    if role == "gradient":
-        return f"The prompt should ask for steps. Bad output: {PAYLOAD}"
-    if role == "summarize":
-        return f"Ask for step-by-step reasoning & a number </blockquote>{IMG}"
-    if role == "edit":
-        if "version 1" in text:
-            return "<prompt>Think step by step, then answer: {question}</prompt>"
-        return "<prompt>Work it out carefully.\n{question}</prompt>"
-    return "The answer is 4" if "step by step" in text else f"five {PAYLOAD}"
+respond = arithmetic(wrong=f"five {PAYLOAD}", reasoning=f"judge saw {IMG}",
+                     gradient=f"The prompt should ask for steps. Bad output: {PAYLOAD}",
+                     summary=f"Ask for step-by-step reasoning & a number </blockquote>{IMG}")
 
 
 ROWS = [{"inputs": {"question": f"2+2 {PAYLOAD} {IMG} #{i}"}, "outputs": {"answer": "4"}}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gradsum_fakes import arithmetic
 
 from langchain_gradsum import GradSumOptimizer, numeric_match
 from langchain_gradsum.report import render_report
@@ -31,18 +32,11 @@ SCRIPT = "<script>window.__pwned=1;document.title='PWNED'</script>"
 IMG = "<img src=x onerror=\"window.__pwned=2;document.title='PWNED'\">"
 
 
-def respond(text: str, role: str) -> Any:
-    if role == "judge":
-        return {"reasoning": f"looked at {IMG}", "score": 1.0 if "answer is 4" in text else 0.0}
-    if role == "gradient":
-        return f"The output echoed the input {SCRIPT} instead of answering."
-    if role == "summarize":
-        return f"Ask for step-by-step reasoning; never echo markup like {IMG}."
-    if role == "edit":
-        if "version 1" in text:
-            return "<prompt>Think step by step, then answer with a number: {question}</prompt>"
-        return "<prompt>Work it out carefully.\n{question}</prompt>"
-    return "The answer is 4" if "step by step" in text else f"I saw {SCRIPT}"
+respond = arithmetic(
+    wrong=f"I saw {SCRIPT}", reasoning=f"looked at {IMG}",
+    gradient=f"The output echoed the input {SCRIPT} instead of answering.",
+    summary=f"Ask for step-by-step reasoning; never echo markup like {IMG}.",
+    good_prompt="Think step by step, then answer with a number: {question}")
 
 
 def recorded_run() -> tuple[Any, dict[str, Any]]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gradsum_fakes import arithmetic
 from langchain_core.tracers.langchain import LangChainTracer
 from langsmith import Client
 from langsmith import run_trees as ls_run_trees
@@ -200,18 +201,7 @@ def _clear_langsmith_caches() -> None:
     ls_utils.get_tracer_project.cache_clear()
 
 
-def respond(text: str, role: str) -> Any:
-    if role == "judge":
-        return {"reasoning": "checked", "score": 1.0 if "answer is 4" in text else 0.0}
-    if role == "gradient":
-        return "The prompt does not ask for step-by-step reasoning."
-    if role == "summarize":
-        return "Ask for step-by-step reasoning and a final number."
-    if role == "edit":
-        if "version 1" in text:
-            return "<prompt>Think step by step, then answer: {question}</prompt>"
-        return "<prompt>Work it out carefully.\n{question}</prompt>"
-    return "The answer is 4" if "step by step" in text else "five"
+respond = arithmetic()
 
 
 ROWS = [{"inputs": {"question": f"2+2 (#{i})"}, "outputs": {"answer": "4"}} for i in range(4)]
