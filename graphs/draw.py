@@ -1,7 +1,8 @@
 """Draw the GRAD-SUM graph as Mermaid from the code.
 
-    python graphs/draw.py            # rewrite gradsum_graph.mmd and the drawing in README.md
-    python graphs/draw.py --check    # exit 1 if either committed drawing is stale
+    python graphs/draw.py            # rewrite gradsum_graph.mmd and the drawings in
+                                     # graphs/README.md and the project's README.md
+    python graphs/draw.py --check    # exit 1 if a committed drawing is stale
 
 The drawings are generated, never edited by hand; a unit test keeps them current.
 """
@@ -16,17 +17,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 MMD = HERE / "gradsum_graph.mmd"
 README = HERE / "README.md"
+ROOT_README = HERE.parent / "README.md"
+"""The project's README shows the drawing without styles (as the unit test's snapshot)."""
 _BLOCK = re.compile(r"(```mermaid\n)(.*?)(```)", re.S)
 
 
-def render() -> str:
+def render(with_styles: bool = True) -> str:
     """The Mermaid source of the compiled graph (what ``langgraph dev`` serves)."""
     sys.path.insert(0, str(HERE))
     try:
         from gradsum_graph import graph
     finally:
         sys.path.remove(str(HERE))
-    text = graph.get_graph().draw_mermaid()
+    text = graph.get_graph().draw_mermaid(with_styles=with_styles)
     return text if text.endswith("\n") else text + "\n"
 
 
@@ -45,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     drawing = render()
     readme = README.read_text(encoding="utf-8") if README.is_file() else "# graphs/\n"
     wanted = {MMD: drawing, README: readme_with(drawing, readme)}
+    if ROOT_README.is_file():
+        wanted[ROOT_README] = readme_with(render(with_styles=False),
+                                          ROOT_README.read_text(encoding="utf-8"))
     if args.check:
         stale = [p for p, text in wanted.items()
                  if not p.is_file() or p.read_text(encoding="utf-8") != text]

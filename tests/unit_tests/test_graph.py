@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import importlib
-import os
 import socket
 from pathlib import Path
 
 import pytest
 from pytest_socket import SocketConnectBlockedError
+from syrupy.assertion import SnapshotAssertion
 
 import langchain_gradsum
 from langchain_gradsum import build_graph, create_gradsum_graph
 
-SNAPSHOT = Path(__file__).parent / "snapshots" / "gradsum_graph.mmd"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def mermaid() -> str:
     return create_gradsum_graph().get_graph().draw_mermaid(with_styles=False)
 
 
-def test_graph_drawing_matches_the_snapshot() -> None:
-    """If the graph changed on purpose, regenerate with UPDATE_SNAPSHOTS=1."""
+def test_graph_drawing_matches_the_snapshot(snapshot: SnapshotAssertion) -> None:
+    """The drawing is locked (syrupy: after a deliberate change, run pytest with
+    --snapshot-update), and the README shows exactly it (`make docs` redraws it)."""
     drawn = mermaid()
-    if os.environ.get("UPDATE_SNAPSHOTS"):
-        SNAPSHOT.write_text(drawn, encoding="utf-8")
-    assert drawn == SNAPSHOT.read_text(encoding="utf-8")
+    assert drawn == snapshot
+    readme = README.read_text(encoding="utf-8")
+    assert f"```mermaid\n{drawn}```" in readme, "README.md's drawing is stale: run `make docs`"
 
 
 def test_graph_drawing_shows_the_algorithm() -> None:
