@@ -91,10 +91,13 @@ docs: install
 	$(PY) -c "from langchain_gradsum._knobs import main; main(['README.md'])"
 	$(PY) graphs/draw.py
 
-lint:
-	@if $(PY) -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check .; \
-	elif command -v ruff >/dev/null 2>&1; then ruff check .; \
-	else echo "ruff is not installed; skipping lint (pip install ruff)"; fi
+$(STAMP)-install-lint: pyproject.toml | $(PY)
+	$(PIP) install -e '.[lint,test]'
+	@touch $@
+
+lint: $(STAMP)-install-lint
+	$(PY) -m ruff check .
+	$(PY) -m mypy langchain_gradsum
 
 # Keeps .venv, and the llama-server build and the assembled model in
 # ~/.cache/langchain-gradsum (rebuilding takes minutes); `rm -rf .venv` for a full reset.

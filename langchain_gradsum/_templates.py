@@ -15,7 +15,6 @@ from langchain_core.prompts import (
     PromptTemplate,
     SystemMessagePromptTemplate,
 )
-from langchain_core.prompts.chat import BaseStringMessagePromptTemplate
 
 __all__ = ["PromptSlot", "copied_example", "heal_template", "template_variables"]
 
@@ -166,7 +165,7 @@ class PromptSlot:
         messages = list(self.chat.messages)
         old = messages[self.index]
         if isinstance(old, BaseMessage):
-            cls: type[BaseStringMessagePromptTemplate] = (
+            cls: type[SystemMessagePromptTemplate] | type[HumanMessagePromptTemplate] = (
                 SystemMessagePromptTemplate if old.type == "system" else HumanMessagePromptTemplate
             )
         else:

@@ -215,7 +215,8 @@ class AppRunner:
         self.slot, self.text = PromptSlot.from_prompt(target.prompt)
         self.model_paths = [path for path, _ in found.models]
         after = found.models[found.prompt_order[id(target.prompt)]:]
-        self.model: BaseChatModel | None = (after or found.models or [("", None)])[0][1]
+        models = after or found.models
+        self.model: BaseChatModel | None = models[0][1] if models else None
         """The app's chat model the prompt feeds (the first one after it; else the first):
         the default judge and optimizer model."""
         self._values: dict[str, Any] = {}

@@ -350,8 +350,8 @@ class ProgressView:
                       f"on {event.get('split')}")
         elif kind == "best":
             self.phase = "done"
-            score = event.get("score")
-            shown = f"{score:.3f}" if isinstance(score, int | float) else "–"
+            best = event.get("score")
+            shown = f"{best:.3f}" if isinstance(best, int | float) else "–"
             self._log(f"best {event.get('candidate')}: {shown}")
         self._refresh()
 
@@ -479,7 +479,8 @@ def optimize(
                  "evaluators": _evaluators(list(evaluator or []))}
         if meta_prompts is not None:
             knobs["meta_prompts"] = _meta_prompts(meta_prompts)
-        app_args = {"target": target, "input_key": input_key} if loaded is not None else {}
+        app_args: dict[str, Any] = (
+            {"target": target, "input_key": input_key} if loaded is not None else {})
         _check_settings(knobs, loaded or template, train_rows, val_rows, **app_args)
     except (ValueError, TypeError) as e:
         raise _fail(str(e)) from None

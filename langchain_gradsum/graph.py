@@ -19,15 +19,17 @@ from langchain_gradsum.state import GradSumContext, GradSumInput, GradSumState
 __all__ = ["build_graph", "create_gradsum_graph"]
 
 
-def build_graph() -> StateGraph:
+_NODES: dict[str, Any] = {"generate": generate, "evaluate": evaluate, "gradient": gradient,
+                          "summarize": summarize, "edit": edit, "finalize": finalize}
+"""The five GRAD-SUM modules and `finalize` (typed `Any`: LangGraph's node protocols have
+no form for a node taking ``(state, runtime, config)``)."""
+
+
+def build_graph() -> StateGraph[GradSumState, GradSumContext, GradSumInput, GradSumState]:
     """The uncompiled graph (add your own nodes or compile it with your options)."""
     builder = StateGraph(GradSumState, context_schema=GradSumContext, input_schema=GradSumInput)
-    builder.add_node("generate", generate)
-    builder.add_node("evaluate", evaluate)
-    builder.add_node("gradient", gradient)
-    builder.add_node("summarize", summarize)
-    builder.add_node("edit", edit)
-    builder.add_node("finalize", finalize)
+    for name, node in _NODES.items():
+        builder.add_node(name, node)
 
     builder.add_edge(START, "generate")
     builder.add_edge("generate", "evaluate")
@@ -41,7 +43,9 @@ def build_graph() -> StateGraph:
     return builder
 
 
-def create_gradsum_graph(*, checkpointer: Any = None, name: str = "gradsum") -> CompiledStateGraph:
+def create_gradsum_graph(
+    *, checkpointer: Any = None, name: str = "gradsum"
+) -> CompiledStateGraph[GradSumState, GradSumContext, GradSumInput, GradSumState]:
     """The compiled GRAD-SUM graph.
 
     Invoke it with ``{"prompt": ..., "train": [...], "val": [...]}`` and

@@ -1250,8 +1250,8 @@ def _local_chat_openai() -> type[ChatOpenAI]:
             **kwargs: Any,
         ) -> Any:
             if method not in ("function_calling", "json_schema") or schema is None:
-                return super().with_structured_output(  # type: ignore[call-overload]
-                    schema, method=method, include_raw=include_raw, **kwargs
+                return super().with_structured_output(
+                    schema, method=method, include_raw=include_raw, **kwargs  # type: ignore[arg-type]
                 )
             is_model = isinstance(schema, type) and issubclass(schema, BaseModel)
             json_schema = schema.model_json_schema() if is_model else dict(schema)
@@ -1319,10 +1319,12 @@ def local_chat_model(
     base_url = base_url or os.environ.get(BASE_URL_ENV, "").strip() or None
     if not base_url:
         raise LocalLLMError(f"No local LLM server URL: {BASE_URL_ENV} is not set. {SERVE_HINT}")
+    from pydantic import SecretStr
+
     extra_body = {"max_tokens": max_tokens, **(kwargs.pop("extra_body", None) or {})}
     return _local_chat_openai()(
         base_url=base_url,
-        api_key="unused",
+        api_key=SecretStr("unused"),
         model=MODEL_ALIAS,
         temperature=temperature,
         extra_body=extra_body,

@@ -582,7 +582,7 @@ class GradSumOptimizer:
 class _Run:
     """One prepared run: graph, input (or `None` to resume), context and config."""
 
-    ctx: GradSumContext
+    ctx: RunContext
     input: dict[str, Any] | None
     graph: Any = None
     config: RunnableConfig = field(default_factory=dict)  # type: ignore[assignment]
@@ -758,7 +758,7 @@ def _calls(state: GradSumState | dict[str, Any]) -> int:
     return sum(u["calls"] for u in (state.get("usage") or {}).values())
 
 
-def _dry_run_evaluators(evaluators: Iterable[Callable[..., Any]], row: dict[str, Any]) -> None:
+def _dry_run_evaluators(evaluators: Iterable[Callable[..., Any]], row: Example) -> None:
     """Call each evaluator once with the reference as the output, so a broken
     evaluator fails now and not after calls were paid for."""
     ref = row["outputs"]

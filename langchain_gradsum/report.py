@@ -147,9 +147,9 @@ class _Run:
         scored = [int(it) for c in self.cands.values() for it in (c.get("scores") or {})]
         written = [int(c.get("iteration") or 0) for c in self.cands.values()]
         self.last_iter = max(scored + written + [int(d.get("iterations") or 0)])
-        run = d.get("run") if isinstance(d.get("run"), Mapping) else {}
-        self.run: Mapping[str, Any] = run
-        ex = examples if examples is not None else run.get("examples")
+        run = d.get("run")
+        self.run: Mapping[str, Any] = run if isinstance(run, Mapping) else {}
+        ex = examples if examples is not None else self.run.get("examples")
         self.examples: Mapping[str, Any] = ex if isinstance(ex, Mapping) else {}
         self.records: Mapping[str, Any] = d.get("records") or {}
 
@@ -284,7 +284,8 @@ def _summary(run: _Run) -> str:
         diff = best - initial
         cls = "up" if diff > 0 else ("down" if diff < 0 else "flat")
         delta = f"<span class=\"delta {cls}\">{diff:+.3f}</span>"
-    settings = run.run.get("settings") if isinstance(run.run.get("settings"), Mapping) else {}
+    settings = run.run.get("settings")
+    settings = settings if isinstance(settings, Mapping) else {}
     budget = settings.get("max_llm_calls")
     calls = d.get("total_calls")
     if calls is None:

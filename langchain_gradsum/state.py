@@ -9,10 +9,11 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 from annotated_types import Ge, Interval
 from langchain_core.language_models import BaseChatModel
+from typing_extensions import NotRequired  # typing's is 3.11+
 
 from langchain_gradsum.prompts import MetaPrompts
 
@@ -115,11 +116,12 @@ def add_usage(
     left: dict[str, RoleUsage] | None, right: dict[str, RoleUsage] | None
 ) -> dict[str, RoleUsage]:
     """Reducer: add calls and tokens per role."""
-    out: dict[str, RoleUsage] = {k: dict(v) for k, v in (left or {}).items()}  # type: ignore[misc]
+    out: dict[str, RoleUsage] = {k: RoleUsage(**v) for k, v in (left or {}).items()}
     for role, u in (right or {}).items():
         cur = out.setdefault(role, {"calls": 0, "input_tokens": 0, "output_tokens": 0})
-        for k in ("calls", "input_tokens", "output_tokens"):
-            cur[k] += u.get(k, 0)  # type: ignore[literal-required]
+        cur["calls"] += u.get("calls", 0)
+        cur["input_tokens"] += u.get("input_tokens", 0)
+        cur["output_tokens"] += u.get("output_tokens", 0)
     return out
 
 

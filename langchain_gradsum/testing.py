@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
@@ -136,7 +136,7 @@ class ScriptedChatModel(BaseChatModel):
             )
         else:
             message = AIMessage(content=str(reply))
-        message.usage_metadata = {
+        message.usage_metadata = {  # type: ignore[attr-defined]
             "input_tokens": len(text.split()),
             "output_tokens": len(str(message.content).split()) or 1,
             "total_tokens": len(text.split()) + (len(str(message.content).split()) or 1),
@@ -149,5 +149,5 @@ class ScriptedChatModel(BaseChatModel):
         *,
         tool_choice: Any = None,
         **kwargs: Any,
-    ) -> Runnable[Any, BaseMessage]:
+    ) -> Runnable[LanguageModelInput, AIMessage]:
         return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
