@@ -74,7 +74,7 @@ def test_everything_in_all_is_importable() -> None:
 @pytest.mark.parametrize(
     "module",
     ["state", "prompts", "_templates", "_llm", "data", "evaluators", "nodes", "beam", "graph",
-     "optimizer", "testing"],
+     "optimizer", "result", "_interrupt", "_knobs", "testing"],
 )
 def test_module_all_is_importable(module: str) -> None:
     mod = importlib.import_module(f"langchain_gradsum.{module}")

@@ -246,7 +246,7 @@ def test_no_api_key_in_checkpoint_cache_or_result(tmp_path: Path,
 
 
 def test_the_worker_thread_stream_hands_over_items_and_errors() -> None:
-    from langchain_gradsum.optimizer import _in_worker_thread
+    from langchain_gradsum._interrupt import _in_worker_thread
 
     def fails_at_once() -> Any:
         raise ValueError("at once")
