@@ -395,7 +395,9 @@ def run_gradsum(ctx: Ctx, summarize: bool = True) -> dict[str, Any]:
                     "iterations": res.iterations, "reported_calls": res.total_calls,
                     "usage": res.usage, "counters": res.counters,
                     "candidates": {k: {"template": v["template"], "parent": v["parent_id"],
-                                       "scores": v["scores"], "val_score": v["val_score"]}
+                                       "scores": v["scores"], "val_score": v["val_score"],
+                                       "screen": v.get("screen"),
+                                       "strategy": v.get("strategy")}
                                    for k, v in res.candidates.items()}}}
 
 

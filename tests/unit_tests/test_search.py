@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 from gradsum_fakes import GOOD, FakeRuntime, context, optimizer, qa_rows, scripted
 
-from langchain_gradsum.feedback import critique_kind, edit_history, evidence, kind_counts
+from langchain_gradsum.feedback import (
+    answer_shape,
+    critique_kind,
+    edit_history,
+    evidence,
+    kind_counts,
+)
 from langchain_gradsum.nodes import edit, finalize, new_candidate, summarize
 from langchain_gradsum.testing import ScriptedChatModel
 
@@ -168,8 +174,18 @@ def test_evidence_reports_form_failures_truncation_and_answer_shapes() -> None:
     assert "2 of 3 replies fell short of full marks" in text
     assert "1 of the 2 failed replies contain the expected answer" in text
     assert "1 of the 2 failed replies were cut off at the length limit" in text
-    assert "Expected answers look like: 'yes'" in text
-    assert "the whole reply must be 'yes'" in text  # the evaluator's own comment
+    assert "Expected answers are yes or no." in text
+    # the evaluator's own comment, the one row's answer masked (the form stays)
+    assert "the whole reply must be <the expected answer>)" in text
+
+
+def test_answer_shape_names_the_form_without_the_answers() -> None:
+    assert answer_shape(["(E)", "(b)"]) == "an option label in parentheses, such as (A)"
+    assert answer_shape(["D", "A"]) == "a single option letter, such as A"
+    assert answer_shape(["Yes", "no"]) == "yes or no"
+    assert answer_shape(["12", "3.5", "-4"]) == "a number, such as 42"
+    assert answer_shape(["Paris", "New York City"]) == "short phrases of about 2 words"
+    assert answer_shape(["yes", "12"]).startswith("short phrases")  # no shared form
 
 
 # --- the whole loop ---------------------------------------------------------------------
