@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from gradsum_fakes import GOOD, FakeRuntime, context, optimizer, qa_rows, scripted
 
+from langchain_gradsum._templates import example_words
 from langchain_gradsum.feedback import (
     answer_shape,
     critique_kind,
@@ -100,6 +101,33 @@ def test_an_instruction_the_prompt_already_has_is_a_duplicate_and_re_asked() -> 
     retry = [t for t in edits_of(model)][-1]
     assert "the current prompt already says that" in retry
     assert out["counters"]["duplicate_candidates"] == 1
+
+
+def test_an_edit_with_the_rare_words_of_a_critiqued_example_is_rejected() -> None:
+    """No 4 words in a row are copied ("children are on the bus" vs "children on the
+    bus"), but "children" and "bus" come from that one question, not from the task."""
+    rows = [{"inputs": {"question": "3 children are on the bus; 2 got off. How many now?"},
+             "outputs": {"answer": "1"}}, *qa_rows(5)]
+    replies = iter(["<instruction>End with the final count of children on the bus."
+                    "</instruction>",
+                    "<instruction>End your reply with the final number.</instruction>"])
+    model = scripted(edit=lambda text: next(replies))
+    out = edit(failing_state(train=rows), FakeRuntime(context(model, candidates_per_prompt=1)),
+               {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        "Q: {question}\nEnd your reply with the final number."]
+    assert "mentions the details of an example" in edits_of(model)[-1]
+
+
+def test_example_words_are_the_rare_words_a_seen_example_brings() -> None:
+    corpus = ["How many apples does the boy have now?", "How many pens are in the box now?",
+              "How many children are on the bus now?", "How many cakes are on the table now?"]
+    seen = [corpus[2]]
+    assert example_words("End with the number of children on the bus.", seen, corpus,
+                         max_share=0.25) == ["bus", "children"]
+    # words of many examples or of the prompt itself are not the example's
+    assert example_words("Say how many there are now.", seen, corpus) == []
+    assert example_words("Count the children.", seen, corpus, known="children") == []
 
 
 def test_an_edit_naming_the_details_of_a_critiqued_example_is_rejected() -> None:
