@@ -375,6 +375,9 @@ def optimize(
     no_prefer_short: Annotated[bool, typer.Option(
         "--no-prefer-short", help="At equal validation score, do not prefer the prompt "
         "with shorter outputs.")] = False,
+    no_form_progress: Annotated[bool, typer.Option(
+        "--no-form-progress", help="At equal score, do not rank higher the prompt whose "
+        "replies take the expected answers' form (option label, yes/no, number).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the minibatch sampling.")] = 0,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Directory to write result.json and report.html into.",
@@ -446,6 +449,7 @@ def optimize(
             screen_size=screen_size,
             instruction_edits=not no_instruction_edits,
             prefer_short_outputs=not no_prefer_short,
+            form_progress=not no_form_progress,
             seed=seed,
         )
         app_args = {"target": target, "input_key": input_key} if loaded is not None else {}

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from langchain_gradsum.prompts import MISTAKE_KINDS
 from langchain_gradsum.state import Candidate, Example, Record, record_key
 
-__all__ = ["answer_shape", "critique_kind", "edit_history", "evidence", "kind_counts"]
+__all__ = ["answer_shape", "critique_kind", "edit_history", "evidence", "in_form", "kind_counts"]
 
 FULL_MARKS = 1.0 - 1e-9
 _KIND = re.compile(r"^\W*kind\W*[:\-]\s*\**\s*([a-z]+)", re.I | re.M)
@@ -134,6 +134,23 @@ def answer_shape(answers: Sequence[str]) -> str:
     if n <= 6:
         return f"short phrases of about {max(1, round(n))} word{'s' if round(n) > 1 else ''}"
     return f"free text of about {round(n)} words"
+
+
+def in_form(output: str, example: Example) -> bool | None:
+    """Whether the whole reply takes the form of the row's expected answer (an option
+    label, a letter, yes/no, true/false, a number), right or wrong; ``None`` when that
+    answer has none of these forms (free text).
+
+    Progress a 0/1 metric cannot see: on a task the start prompt fails everywhere
+    because its replies are long, a prompt whose replies are ``(B)`` is closer.
+    """
+    answer = _answer(example)
+    if answer is None:
+        return None
+    for pattern, _ in _SHAPES:
+        if pattern.fullmatch(answer):
+            return bool(pattern.fullmatch(output.strip().rstrip(".")))
+    return None
 
 
 def edit_history(candidates: Mapping[str, Candidate], parent_id: str, *, limit: int = 2,

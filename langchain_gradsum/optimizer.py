@@ -198,6 +198,9 @@ class GradSumOptimizer:
             reliable for a small editor model); the other children are rewrites.
         prefer_short_outputs: At equal validation score, pick the prompt whose outputs
             are shorter (fewer generated tokens: cheaper and faster).
+        form_progress: At equal score, rank higher the prompt whose replies take the
+            expected answers' form (an option label, yes/no, a number) on more rows,
+            in screens and in the beam: progress a 0/1 metric cannot see yet.
         seed: Seed of the minibatch sampling.
         meta_prompts: Override the judge/gradient/summary/edit prompts.
     """
@@ -230,6 +233,7 @@ class GradSumOptimizer:
         screen_size: int = 2,
         instruction_edits: bool = True,
         prefer_short_outputs: bool = True,
+        form_progress: bool = True,
         seed: int = 0,
         meta_prompts: MetaPrompts | None = None,
     ) -> None:
@@ -258,7 +262,8 @@ class GradSumOptimizer:
                            ("reject_copied_examples", reject_copied_examples),
                            ("retry_unusable_edits", retry_unusable_edits),
                            ("instruction_edits", instruction_edits),
-                           ("prefer_short_outputs", prefer_short_outputs)):
+                           ("prefer_short_outputs", prefer_short_outputs),
+                           ("form_progress", form_progress)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
         if not isinstance(task_description, str):
@@ -309,6 +314,7 @@ class GradSumOptimizer:
             screen_size=screen_size,
             instruction_edits=instruction_edits,
             prefer_short_outputs=prefer_short_outputs,
+            form_progress=form_progress,
             seed=seed,
             meta_prompts=meta_prompts or MetaPrompts(),
         )

@@ -213,6 +213,9 @@ class GradSumContext:
     small editor model); the other children are rewrites."""
     prefer_short_outputs: bool = True
     """At equal validation score, pick the prompt whose outputs are shorter (cheaper)."""
+    form_progress: bool = True
+    """At equal score, rank higher the prompt whose replies take the expected answers'
+    form (an option label, yes/no, a number) on more rows: in screens and the beam."""
     seed: int = 0
     meta_prompts: MetaPrompts = field(default_factory=MetaPrompts)
     prompt_slot: Any = None

@@ -14,6 +14,7 @@ from langchain_gradsum.feedback import (
     critique_kind,
     edit_history,
     evidence,
+    in_form,
     kind_counts,
 )
 from langchain_gradsum.nodes import edit, finalize, new_candidate, summarize
@@ -240,6 +241,49 @@ def test_a_format_fix_found_by_an_added_instruction_wins() -> None:
     assert screens == {"c1": True, "c2": False}  # the rewrite fixed nothing: not scored on
     assert not any(k.startswith("c2|train|") and int(k.rsplit("|", 1)[1]) not in
                    result.candidates["c2"]["screen"]["rows"] for k in result.records)
+
+
+def test_in_form_marks_replies_that_take_the_expected_answers_form() -> None:
+    row = {"inputs": {"question": "q"}, "outputs": {"answer": "(D)"}}
+    assert in_form(" (B).", row) is True  # the form, not the right answer
+    assert in_form("The answer is (D).", row) is False
+    assert in_form("yes", {"inputs": {}, "outputs": {"answer": "no"}}) is True
+    assert in_form("12", {"inputs": {}, "outputs": {"answer": "Paris"}}) is None  # free text
+
+
+@pytest.mark.parametrize("form_progress", [True, False])
+def test_a_child_that_fixes_the_form_but_not_yet_the_answers_goes_on(
+    form_progress: bool,
+) -> None:
+    """A 0/1 metric scores "(B)" and "Let me think... (D)" alike on a row expecting
+    (D): 0. The start prompt fails every row by form; the child that asks for only the
+    label answers "(B)" everywhere: a tie on the rows it is screened on, then right on
+    the rows expecting (B). With `form_progress` the tie passes on form and the child
+    wins; without, it is dropped at its screen and the start prompt stays."""
+    answers = ["(A)", "(C)", "(B)", "(B)"]
+    rows = [{"inputs": {"question": f"q{i}"}, "outputs": {"answer": a}}
+            for i, a in enumerate(answers)]
+    val = [{"inputs": {"question": f"v{i}"}, "outputs": {"answer": "(B)"}} for i in range(2)]
+
+    def generate(text: str) -> str:
+        return "(B)" if "only the option label" in text else "Let me think. So (B)."
+
+    def edit_reply(text: str) -> str:
+        return "<instruction>Reply with only the option label.</instruction>"
+
+    model = scripted(generate=generate, edit=edit_reply)
+    result = optimizer(model, minibatch_size=4, max_iterations=1, beam_width=2,
+                       candidates_per_prompt=1, form_progress=form_progress,
+                       ).optimize(PROMPT, rows, val)
+    screen = result.candidates["c1"]["screen"]
+    assert screen["rows"] == [0, 1] and screen["score"] == 0.0  # a tie on the screen
+    assert screen["passed"] is form_progress
+    if form_progress:
+        assert (screen["form"], screen["parent_form"]) == (1.0, 0.0)
+        assert result.best_template == "Q: {question}\nReply with only the option label."
+        assert result.best_score == 1.0
+    else:
+        assert result.best_template == PROMPT and result.best_score == 0.0
 
 
 def test_a_solved_training_set_stops_with_train_solved() -> None:
