@@ -74,8 +74,8 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 README = HERE / "README.md"
 TABLE_BEGIN, TABLE_END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
 
-OPTIMIZERS = ["initial", "gradsum", "gradsum_nosum", "copro", "miprov2", "gepa",
-              "initial_dspy"]
+OPTIMIZERS = ["initial", "gradsum", "gradsum_nosum", "gradsum_chain", "copro", "miprov2",
+              "gepa", "initial_dspy"]
 
 
 # --------------------------------------------------------------------------- tasks
@@ -360,13 +360,23 @@ def run_initial(ctx: Ctx) -> dict[str, Any]:
     return {"final_prompt": ctx.task.template, "opt": None}
 
 
-def run_gradsum(ctx: Ctx, summarize: bool = True) -> dict[str, Any]:
+def run_gradsum(ctx: Ctx, summarize: bool = True, chain: bool = False) -> dict[str, Any]:
+    """GRAD-SUM on the bare prompt; with `chain`, on the app ``prompt | model |
+    StrOutputParser()`` (the app path of `optimize`: it should score the same)."""
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import PromptTemplate
+
     from langchain_gradsum import GradSumOptimizer, OptimizationError
     from langchain_gradsum.local_llm import local_chat_model
 
     a = ctx.args
+    task_model = local_chat_model(ctx.meter.base_url, max_tokens=ctx.task.max_tokens,
+                                  timeout=900)
+    target: Any = ctx.task.template
+    if chain:
+        target = PromptTemplate.from_template(ctx.task.template) | task_model | StrOutputParser()
     opt = GradSumOptimizer(
-        local_chat_model(ctx.meter.base_url, max_tokens=ctx.task.max_tokens, timeout=900),
+        None if chain else task_model,
         optimizer_model=local_chat_model(ctx.meter.base_url, max_tokens=a.optimizer_max_tokens,
                                          timeout=900),
         task_description=ctx.task.description,
@@ -383,8 +393,7 @@ def run_gradsum(ctx: Ctx, summarize: bool = True) -> dict[str, Any]:
                     f"{e.get('candidate', e.get('parent', ''))} {e.get('score', '')}")
 
     try:
-        res = opt.optimize(ctx.task.template, ctx.splits["train"], ctx.splits["val"],
-                           on_event=on_event)
+        res = opt.optimize(target, ctx.splits["train"], ctx.splits["val"], on_event=on_event)
     except OptimizationError as e:
         if e.partial_result is None:
             raise
@@ -395,7 +404,9 @@ def run_gradsum(ctx: Ctx, summarize: bool = True) -> dict[str, Any]:
                     "iterations": res.iterations, "reported_calls": res.total_calls,
                     "usage": res.usage, "counters": res.counters,
                     "candidates": {k: {"template": v["template"], "parent": v["parent_id"],
-                                       "scores": v["scores"], "val_score": v["val_score"]}
+                                       "scores": v["scores"], "val_score": v["val_score"],
+                                       "screen": v.get("screen"),
+                                       "strategy": v.get("strategy")}
                                    for k, v in res.candidates.items()}}}
 
 
@@ -548,6 +559,7 @@ RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "initial": run_initial,
     "gradsum": run_gradsum,
     "gradsum_nosum": lambda ctx: run_gradsum(ctx, summarize=False),
+    "gradsum_chain": lambda ctx: run_gradsum(ctx, chain=True),
     "copro": lambda ctx: run_dspy(ctx, "copro"),
     "miprov2": lambda ctx: run_dspy(ctx, "miprov2"),
     "gepa": lambda ctx: run_dspy(ctx, "gepa"),

@@ -16,7 +16,7 @@ from langchain_core.prompts import (
     SystemMessagePromptTemplate,
 )
 
-__all__ = ["PromptSlot", "copied_example", "heal_template", "template_variables"]
+__all__ = ["PromptSlot", "copied_example", "example_words", "heal_template", "template_variables"]
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|\{|\}")
 
@@ -221,3 +221,37 @@ def copied_example(
         if mine & grams(example):
             return i
     return None
+
+
+# Frequent English words: never an example's detail, however rare in a small dataset.
+_COMMON = frozenset("""
+the and for are but not you all any can had her was one our out day get has him his how
+man new now old see two way who boy did its let put say she too use that with have this
+will your from they know want been good much some time very when come here just like long
+make many more only over such take than them well were what which their there these those
+then into also each other about after again could first given would should must every
+where while being both does done same most least used using give given gets make made
+""".split())
+
+
+def example_words(
+    text: str, seen: list[str], corpus: list[str], *, known: str = "", max_share: float = 0.2
+) -> list[str]:
+    """The words of `text` that come from the examples in `seen`, not from the task.
+
+    A word counts when it is not in `known` (the prompt before the edit and the task
+    description), appears in one of the `seen` examples, and in at most `max_share` of
+    the `corpus` examples: "end with the number of children on the bus" fits the one
+    question about a bus; "end with the final number" fits them all.
+    """
+    def words(s: str) -> set[str]:
+        return {w for w in _WORD.findall(s.lower())
+                if len(w) >= 3 and not w.isdigit() and w not in _COMMON}
+
+    candidates = words(text) - words(known)
+    candidates &= set().union(*(words(e) for e in seen)) if seen else set()
+    if not candidates or not corpus:
+        return []
+    limit = max(1, int(max_share * len(corpus)))
+    counts = {w: sum(1 for e in corpus if w in words(e)) for w in candidates}
+    return sorted(w for w, n in counts.items() if n <= limit)

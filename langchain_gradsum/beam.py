@@ -14,6 +14,7 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 
 from langchain_gradsum.data import minibatch_indices
+from langchain_gradsum.feedback import in_form
 from langchain_gradsum.state import Candidate, GradSumContext, GradSumState, Record, record_key
 
 __all__ = ["advance", "affordable", "beam_on_stop", "calls_needed_for_one_iteration",
@@ -23,18 +24,34 @@ __all__ = ["advance", "affordable", "beam_on_stop", "calls_needed_for_one_iterat
 FULL_MARKS = 1.0 - 1e-9
 
 
-def select_beam(state: GradSumState, beam_width: int) -> list[str]:
+def select_beam(state: GradSumState, beam_width: int, *,
+                form_rows: Sequence[int] | None = None) -> list[str]:
     """The best `beam_width` of parents plus children by this iteration's minibatch score.
 
-    Candidates without a complete score are dropped. Ties keep the older candidate
-    (it has survived more minibatches), then the lower id.
+    Candidates without a complete score are dropped. Ties go to the candidate whose
+    replies take the expected answers' form on more of `form_rows` (if given), then
+    to the older candidate (it has survived more minibatches), then the lower id.
     """
     key = str(state["iteration"])
     cands = state["candidates"]
     scored = [cid for cid in state["beam"] if key in cands[cid]["scores"]]
-    scored.sort(key=lambda cid: (-cands[cid]["scores"][key], cands[cid]["iteration"],
-                                 int(cid[1:])))
+    def rank(cid: str) -> tuple[float, float, int, int]:
+        shaped = form_rate(state, cid, form_rows) if form_rows else None
+        return (-cands[cid]["scores"][key], -(shaped or 0.0), cands[cid]["iteration"],
+                int(cid[1:]))
+
+    scored.sort(key=rank)
     return scored[:beam_width]
+
+
+def form_rate(state: GradSumState, cid: str, rows: Sequence[int]) -> float | None:
+    """The share of `rows` on which `cid`'s reply takes the expected answer's form
+    (:func:`feedback.in_form`); ``None`` when no row's answer has a known form."""
+    records = state.get("records", {})
+    marks = [in_form(r.get("output") or "", state["train"][i]) for i in rows
+             if (r := records.get(record_key(cid, "train", i))) is not None and "score" in r]
+    known = [m for m in marks if m is not None]
+    return sum(known) / len(known) if known else None
 
 
 def best_by_iteration(state: GradSumState) -> list[float]:
@@ -218,10 +235,18 @@ def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], l
         if score is None:
             continue
         passed = score > screen["parent_score"] + 1e-9
-        cands[cid] = screened[cid] = {**cands[cid],
-                                      "screen": {**screen, "score": score, "passed": passed}}
+        form = {}
+        if ctx.form_progress and not passed and score >= screen["parent_score"] - 1e-9:
+            # a tie: the child passes if more of its replies take the expected form
+            mine = form_rate(state, cid, screen["rows"])
+            theirs = form_rate(state, cands[cid]["parent_id"] or "c0", screen["rows"])
+            if mine is not None and theirs is not None:
+                form = {"form": mine, "parent_form": theirs}
+                passed = mine > theirs + 1e-9
+        cands[cid] = screened[cid] = {**cands[cid], "screen": {
+            **screen, "score": score, "passed": passed, **form}}
         events.append({"event": "screened", "candidate": cid, "score": score,
-                       "parent_score": screen["parent_score"], "passed": passed})
+                       "parent_score": screen["parent_score"], "passed": passed, **form})
         if not passed:
             beam.remove(cid)
     probe: GradSumState = {**state, "candidates": cands, "beam": beam}  # type: ignore[typeddict-item]
@@ -232,7 +257,7 @@ def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], l
                                              str(it): mean_score(records, cid, batch)}}
               for cid in beam}
     probe = {**probe, "candidates": {**cands, **scored}}  # type: ignore[typeddict-item]
-    kept = select_beam(probe, ctx.beam_width)
+    kept = select_beam(probe, ctx.beam_width, form_rows=batch if ctx.form_progress else None)
     reason = stop_reason(probe, ctx, kept)
     if reason is None and not any(failed_rows(records, cid, batch) for cid in kept):
         extra = more_rows(state, ctx, batch)

@@ -2,7 +2,7 @@
 
 Pure functions of the state: the measured facts about a candidate's outputs on the
 current batch (how many failed, whether the expected answer was in the reply but in
-the wrong form, how long replies are, what expected answers look like, what the
+the wrong form, how long replies are, what form expected answers take, what the
 evaluators said), the kinds of mistake its critiques name, and the earlier edits of
 the same prompt that did not help.
 """
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from langchain_gradsum.prompts import MISTAKE_KINDS
 from langchain_gradsum.state import Candidate, Example, Record, record_key
 
-__all__ = ["critique_kind", "edit_history", "evidence", "kind_counts"]
+__all__ = ["answer_shape", "critique_kind", "edit_history", "evidence", "in_form", "kind_counts"]
 
 FULL_MARKS = 1.0 - 1e-9
 _KIND = re.compile(r"^\W*kind\W*[:\-]\s*\**\s*([a-z]+)", re.I | re.M)
@@ -44,6 +44,15 @@ def _answer(example: Example) -> str | None:
     ref = example.get("outputs") or {}
     value = ref.get("answer", next(iter(ref.values()), None) if len(ref) == 1 else None)
     return None if value is None else str(value).strip()
+
+
+def _mask_answer(comment: str, answer: str | None) -> str:
+    """The comment with the row's expected answer replaced by a placeholder: the form
+    it states stays, the one answer (which a small editor would paste) goes."""
+    if not answer or len(answer) > 40:
+        return comment
+    pattern = re.compile(rf"'?(?<!\w){re.escape(answer)}(?!\w)'?", re.I)
+    return pattern.sub("<the expected answer>", comment)
 
 
 def _contains(reply: str, answer: str) -> bool:
@@ -77,8 +86,7 @@ def evidence(
         ans_words = sum(len(a.split()) for a in answers) / len(answers)
         lines.append(f"- Replies are {words:.0f} words long on average; expected answers "
                      f"are {ans_words:.0f} word{'s' if round(ans_words) != 1 else ''}.")
-        shapes = list(dict.fromkeys(a if len(a) <= 40 else a[:40] + "..." for a in answers))
-        lines.append("- Expected answers look like: " + "; ".join(repr(a) for a in shapes[:3]))
+        lines.append(f"- Expected answers are {answer_shape(answers)}.")
     else:
         lines.append(f"- Replies are {words:.0f} words long on average.")
     if failed:
@@ -93,15 +101,56 @@ def evidence(
             lines.append(f"- {cut} of the {len(failed)} failed replies were cut off at the "
                          "length limit before they finished: ask for a shorter reply.")
         comments = []
-        for _, r in failed:
+        for i, r in failed:
             for line in (r.get("feedback") or "").splitlines():
-                text = line.strip()
+                text = _mask_answer(line.strip(), _answer(train[i]))
                 if text and text not in comments:
                     comments.append(text)
         if comments:
             lines.append("- The evaluation said: " + " | ".join(
                 c if len(c) <= 300 else c[:300] + "..." for c in comments[:max_comments]))
     return "\n".join(lines)
+
+
+_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\([A-Za-z]\)"), "an option label in parentheses, such as (A)"),
+    (re.compile(r"[A-Za-z]"), "a single option letter, such as A"),
+    (re.compile(r"(?i)yes|no"), "yes or no"),
+    (re.compile(r"(?i)true|false"), "true or false"),
+    (re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?%?"), "a number, such as 42"),
+)
+
+
+def answer_shape(answers: Sequence[str]) -> str:
+    """The form the expected answers share, in words, with a made-up example.
+
+    Never the answers themselves: a small editor pastes a shown answer ("end with the
+    label (E)") into the prompt, which fits one example and misleads on the others.
+    """
+    for pattern, words in _SHAPES:
+        if all(pattern.fullmatch(a) for a in answers):
+            return words
+    n = sum(len(a.split()) for a in answers) / len(answers)
+    if n <= 6:
+        return f"short phrases of about {max(1, round(n))} word{'s' if round(n) > 1 else ''}"
+    return f"free text of about {round(n)} words"
+
+
+def in_form(output: str, example: Example) -> bool | None:
+    """Whether the whole reply takes the form of the row's expected answer (an option
+    label, a letter, yes/no, true/false, a number), right or wrong; ``None`` when that
+    answer has none of these forms (free text).
+
+    Progress a 0/1 metric cannot see: on a task the start prompt fails everywhere
+    because its replies are long, a prompt whose replies are ``(B)`` is closer.
+    """
+    answer = _answer(example)
+    if answer is None:
+        return None
+    for pattern, _ in _SHAPES:
+        if pattern.fullmatch(answer):
+            return bool(pattern.fullmatch(output.strip().rstrip(".")))
+    return None
 
 
 def edit_history(candidates: Mapping[str, Candidate], parent_id: str, *, limit: int = 2,

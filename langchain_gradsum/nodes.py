@@ -26,6 +26,7 @@ from langchain_gradsum._llm import BudgetExhausted, CallBudget, LLMCaller, resol
 from langchain_gradsum._templates import (
     PromptSlot,
     copied_example,
+    example_words,
     heal_template,
     template_variables,
 )
@@ -317,6 +318,10 @@ class _EditGuard:
         self.seen = {_normalize(c["template"]) for c in state["candidates"].values()}
         self.examples = [_show_inputs(ex) for ex in [*state["train"], *(state.get("val") or [])]
                          ] if ctx.reject_copied_examples else []
+        # the words the editor was given by the meta-prompts are not an example's details
+        mp = ctx.meta_prompts
+        self.meta_words = "\n".join([mp.gradient, mp.summarize, mp.edit, mp.edit_instruction,
+                                      *mp.edit_variants])
 
     def critiqued(self, cid: str) -> list[str]:
         """The inputs of the rows `cid` was critiqued on (the editor saw their details)."""
@@ -354,10 +359,12 @@ class _EditGuard:
         elif self.examples and (copied := copied_example(
                 template, self.examples, original=self.state["prompt"])) is not None:
             why = f"rejected: copies example {copied} of the data"
-        elif self.examples and (seen := self.critiqued(job[0])) and copied_example(
-                template, seen, min_words=4, original="\n".join(
+        elif self.examples and (seen := self.critiqued(job[0])) and (copied_example(
+                template, seen, min_words=4, original=(known := "\n".join(
                     [self.state["candidates"][job[0]]["template"],
-                     self.ctx.task_description])) is not None:
+                     self.ctx.task_description]))) is not None
+                or len(example_words(template, seen, self.examples,
+                                     known=known + self.meta_words)) >= 2):
             # "end with the number of children on the bus": one example's details in an
             # instruction overfit it (the 1.5B editor does this)
             why = ("rejected: mentions the details of an example it was shown; write "

@@ -248,6 +248,9 @@ class GradSumContext:
         "editor model); the others are rewrites.")})
     prefer_short_outputs: bool = field(default=True, metadata={"description": (
         "At equal validation score, pick the prompt with shorter outputs (cheaper).")})
+    form_progress: bool = field(default=True, metadata={"description": (
+        "At equal score, rank higher the prompt whose replies take the expected answers' form "
+        "(an option label, yes/no, a number) on more rows: in screens and the beam.")})
     seed: int = field(default=0, metadata={"description": "Seed of the minibatch sampling."})
     meta_prompts: MetaPrompts = field(default_factory=MetaPrompts, metadata={"description": (
         "The judge, gradient, summary and edit prompts, the edit variants and the edit "

@@ -105,7 +105,8 @@ def test_every_knob_flag_reaches_the_optimizer(fake_local: dict[str, Any],
                               "--max-gradients-per-prompt", "1", "--max-retries", "0",
                               "--no-repair", "--allow-copied-examples", "--no-summarize",
                               "--no-edit-retry", "--screen-size", "0",
-                              "--no-instruction-edits", "--no-prefer-short"])
+                              "--no-instruction-edits", "--no-prefer-short",
+                              "--no-form-progress"])
     assert res.exit_code == 0, res.output
     settings = json.loads((out / "result.json").read_text(encoding="utf-8"))["run"]["settings"]
     assert settings["max_gradients_per_prompt"] == 1 and settings["max_retries"] == 0
@@ -113,7 +114,7 @@ def test_every_knob_flag_reaches_the_optimizer(fake_local: dict[str, Any],
     assert settings["reject_copied_examples"] is False and settings["summarize"] is False
     assert settings["retry_unusable_edits"] is False
     assert settings["screen_size"] == 0 and settings["instruction_edits"] is False
-    assert settings["prefer_short_outputs"] is False
+    assert settings["prefer_short_outputs"] is False and settings["form_progress"] is False
 
 
 def test_prompt_from_file_and_quiet(fake_local: dict[str, Any], data: dict[str, Path],
@@ -234,7 +235,7 @@ def test_help_is_complete() -> None:
                  "--no-summarize", "--seed", "--out", "--max-gradients-per-prompt",
                  "--max-retries", "--no-repair", "--allow-copied-examples", "--no-edit-retry",
                  "--screen-size", "--no-instruction-edits", "--no-prefer-short",
-                 "numeric_match",
+                 "--no-form-progress", "numeric_match",
                  "exact_match", "contains_answer", "choice_match", "@FILE", "local"):
         assert flag in res.output, flag
     res = runner.invoke(app, ["report", "--help"])

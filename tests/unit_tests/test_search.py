@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 from gradsum_fakes import GOOD, FakeRuntime, context, optimizer, qa_rows, scripted
 
-from langchain_gradsum.feedback import critique_kind, edit_history, evidence, kind_counts
+from langchain_gradsum._templates import example_words
+from langchain_gradsum.feedback import (
+    answer_shape,
+    critique_kind,
+    edit_history,
+    evidence,
+    in_form,
+    kind_counts,
+)
 from langchain_gradsum.nodes import edit, finalize, new_candidate, summarize
 from langchain_gradsum.testing import ScriptedChatModel
 
@@ -96,6 +104,33 @@ def test_an_instruction_the_prompt_already_has_is_a_duplicate_and_re_asked() -> 
     assert out["counters"]["duplicate_candidates"] == 1
 
 
+def test_an_edit_with_the_rare_words_of_a_critiqued_example_is_rejected() -> None:
+    """No 4 words in a row are copied ("children are on the bus" vs "children on the
+    bus"), but "children" and "bus" come from that one question, not from the task."""
+    rows = [{"inputs": {"question": "3 children are on the bus; 2 got off. How many now?"},
+             "outputs": {"answer": "1"}}, *qa_rows(5)]
+    replies = iter(["<instruction>End with the final count of children on the bus."
+                    "</instruction>",
+                    "<instruction>End your reply with the final number.</instruction>"])
+    model = scripted(edit=lambda text: next(replies))
+    out = edit(failing_state(train=rows), FakeRuntime(context(model, candidates_per_prompt=1)),
+               {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        "Q: {question}\nEnd your reply with the final number."]
+    assert "mentions the details of an example" in edits_of(model)[-1]
+
+
+def test_example_words_are_the_rare_words_a_seen_example_brings() -> None:
+    corpus = ["How many apples does the boy have now?", "How many pens are in the box now?",
+              "How many children are on the bus now?", "How many cakes are on the table now?"]
+    seen = [corpus[2]]
+    assert example_words("End with the number of children on the bus.", seen, corpus,
+                         max_share=0.25) == ["bus", "children"]
+    # words of many examples or of the prompt itself are not the example's
+    assert example_words("Say how many there are now.", seen, corpus) == []
+    assert example_words("Count the children.", seen, corpus, known="children") == []
+
+
 def test_an_edit_naming_the_details_of_a_critiqued_example_is_rejected() -> None:
     rows = [{"inputs": {"question": "3 children on the bus got off. How many are left?"},
              "outputs": {"answer": "7"}}, *qa_rows(2)]
@@ -168,8 +203,18 @@ def test_evidence_reports_form_failures_truncation_and_answer_shapes() -> None:
     assert "2 of 3 replies fell short of full marks" in text
     assert "1 of the 2 failed replies contain the expected answer" in text
     assert "1 of the 2 failed replies were cut off at the length limit" in text
-    assert "Expected answers look like: 'yes'" in text
-    assert "the whole reply must be 'yes'" in text  # the evaluator's own comment
+    assert "Expected answers are yes or no." in text
+    # the evaluator's own comment, the one row's answer masked (the form stays)
+    assert "the whole reply must be <the expected answer>)" in text
+
+
+def test_answer_shape_names_the_form_without_the_answers() -> None:
+    assert answer_shape(["(E)", "(b)"]) == "an option label in parentheses, such as (A)"
+    assert answer_shape(["D", "A"]) == "a single option letter, such as A"
+    assert answer_shape(["Yes", "no"]) == "yes or no"
+    assert answer_shape(["12", "3.5", "-4"]) == "a number, such as 42"
+    assert answer_shape(["Paris", "New York City"]) == "short phrases of about 2 words"
+    assert answer_shape(["yes", "12"]).startswith("short phrases")  # no shared form
 
 
 # --- the whole loop ---------------------------------------------------------------------
@@ -196,6 +241,49 @@ def test_a_format_fix_found_by_an_added_instruction_wins() -> None:
     assert screens == {"c1": True, "c2": False}  # the rewrite fixed nothing: not scored on
     assert not any(k.startswith("c2|train|") and int(k.rsplit("|", 1)[1]) not in
                    result.candidates["c2"]["screen"]["rows"] for k in result.records)
+
+
+def test_in_form_marks_replies_that_take_the_expected_answers_form() -> None:
+    row = {"inputs": {"question": "q"}, "outputs": {"answer": "(D)"}}
+    assert in_form(" (B).", row) is True  # the form, not the right answer
+    assert in_form("The answer is (D).", row) is False
+    assert in_form("yes", {"inputs": {}, "outputs": {"answer": "no"}}) is True
+    assert in_form("12", {"inputs": {}, "outputs": {"answer": "Paris"}}) is None  # free text
+
+
+@pytest.mark.parametrize("form_progress", [True, False])
+def test_a_child_that_fixes_the_form_but_not_yet_the_answers_goes_on(
+    form_progress: bool,
+) -> None:
+    """A 0/1 metric scores "(B)" and "Let me think... (D)" alike on a row expecting
+    (D): 0. The start prompt fails every row by form; the child that asks for only the
+    label answers "(B)" everywhere: a tie on the rows it is screened on, then right on
+    the rows expecting (B). With `form_progress` the tie passes on form and the child
+    wins; without, it is dropped at its screen and the start prompt stays."""
+    answers = ["(A)", "(C)", "(B)", "(B)"]
+    rows = [{"inputs": {"question": f"q{i}"}, "outputs": {"answer": a}}
+            for i, a in enumerate(answers)]
+    val = [{"inputs": {"question": f"v{i}"}, "outputs": {"answer": "(B)"}} for i in range(2)]
+
+    def generate(text: str) -> str:
+        return "(B)" if "only the option label" in text else "Let me think. So (B)."
+
+    def edit_reply(text: str) -> str:
+        return "<instruction>Reply with only the option label.</instruction>"
+
+    model = scripted(generate=generate, edit=edit_reply)
+    result = optimizer(model, minibatch_size=4, max_iterations=1, beam_width=2,
+                       candidates_per_prompt=1, form_progress=form_progress,
+                       ).optimize(PROMPT, rows, val)
+    screen = result.candidates["c1"]["screen"]
+    assert screen["rows"] == [0, 1] and screen["score"] == 0.0  # a tie on the screen
+    assert screen["passed"] is form_progress
+    if form_progress:
+        assert (screen["form"], screen["parent_form"]) == (1.0, 0.0)
+        assert result.best_template == "Q: {question}\nReply with only the option label."
+        assert result.best_score == 1.0
+    else:
+        assert result.best_template == PROMPT and result.best_score == 0.0
 
 
 def test_a_solved_training_set_stops_with_train_solved() -> None:
