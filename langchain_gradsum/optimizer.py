@@ -24,8 +24,9 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from langchain_gradsum._cache import CallCache
+from langchain_gradsum._cache import CallCache, open_cache
 from langchain_gradsum._llm import RunLedger, redact, resolve_model, run_ledger
+from langchain_gradsum._postgres import is_postgres_url, open_postgres_saver
 from langchain_gradsum._templates import PromptSlot
 from langchain_gradsum.apps import AppRunner, is_app
 from langchain_gradsum.beam import calls_needed_for_one_iteration
@@ -340,13 +341,15 @@ class GradSumOptimizer:
             train: Rows ``{"inputs": {...}, "outputs": {...}}``, langsmith Examples or a
                 JSONL path.
             val: Validation rows, same forms.
-            checkpoint: Persist the run: a SQLite file path (or any LangGraph
-                checkpointer). Running the same call again resumes an interrupted run
+            checkpoint: Persist the run: a SQLite file path, a ``postgresql://`` URL
+                (the ``postgres`` extra: LangGraph's ``PostgresSaver``), or any LangGraph
+                checkpointer. Running the same call again resumes an interrupted run
                 (or returns a finished one) without repeating finished LLM calls.
             thread_id: The run's id in the checkpointer. Default: a hash of the prompt,
                 data and settings, so the same call finds its own run.
-            cache: Answer identical LLM calls from a SQLite file (or `CallCache`). With a
-                checkpoint path and no cache, the cache lives in the checkpoint file.
+            cache: Answer identical LLM calls from a SQLite file, a ``postgresql://``
+                database (or a `CallCache`). With a checkpoint path or URL and no cache,
+                the cache lives in the checkpoint file or database.
             stop_file: If this file appears, the run stops at the next safe point and
                 validates what it has (like Ctrl-C).
             on_event: Called with each progress event (iteration, scored, candidate, best).
@@ -530,7 +533,13 @@ class GradSumOptimizer:
             thread_id = _run_fingerprint(
                 inputs if app is None else {**inputs, "app": app.describe()}, self)
         saver: BaseCheckpointSaver | None
-        if isinstance(checkpoint, str | Path):
+        if is_postgres_url(checkpoint):
+            # LangGraph's PostgresSaver, and the call cache in the same database
+            saver, close = open_postgres_saver(str(checkpoint))
+            run.closers.append(close)
+            if cache is None:
+                cache = str(checkpoint)
+        elif isinstance(checkpoint, str | Path):
             conn = sqlite3.connect(str(checkpoint), check_same_thread=False)
             run.closers.append(conn.close)
             saver = SqliteSaver(conn)
@@ -539,7 +548,11 @@ class GradSumOptimizer:
         else:
             saver = checkpoint
         if isinstance(cache, str | Path):
-            cache = CallCache(cache)
+            try:
+                cache = open_cache(cache)
+            except BaseException:
+                run.close()
+                raise
             run.closers.append(cache.close)
         if cache is not None and saver is not None:
             cache.run_id = thread_id  # calls paid before a crash still count on resume
