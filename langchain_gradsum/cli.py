@@ -286,7 +286,9 @@ def _root(
 def optimize(
     data: Annotated[Path, typer.Option(
         "--data", "-d", help="Training rows: JSONL, one {\"inputs\": {...}, \"outputs\": "
-        "{...}} per line.", show_default=False, dir_okay=False, metavar="FILE")],
+        "{...}} per line; or the name or id of a LangSmith dataset (its train split, and "
+        "its validation split as --val, when it has them).", show_default=False,
+        dir_okay=False, metavar="FILE")],
     prompt: Annotated[str | None, typer.Argument(
         help="The prompt template to optimize, with {variables} named like the data's inputs; "
         "or @FILE to read it from a file (@- reads stdin). Left out with --app.",
@@ -309,8 +311,8 @@ def optimize(
         "(e.g. question) instead of the row's inputs dict.", show_default=False,
         metavar="KEY")] = None,
     val: Annotated[Path | None, typer.Option(
-        "--val", help="Validation rows (JSONL) to pick the final prompt on; default: the "
-        "training rows.", dir_okay=False, metavar="FILE")] = None,
+        "--val", help="Validation rows (JSONL, or a LangSmith dataset) to pick the final "
+        "prompt on; default: the training rows.", dir_okay=False, metavar="FILE")] = None,
     task: Annotated[str, typer.Option(
         "--task", "-t", help="Plain-language description of the task (or @FILE).",
         metavar="TEXT")] = "",
@@ -415,10 +417,11 @@ def optimize(
         criteria_text = _text_arg(criteria, "--criteria")
         if loaded is None and (not template or not template.strip()):
             raise InputError("the prompt is empty")
-        from langchain_gradsum.data import check_variables, load_examples
+        from langchain_gradsum.data import check_variables, load_splits
 
-        train_rows = load_examples(str(data), name="--data")
-        val_rows = load_examples(str(val), name="--val") if val is not None else None
+        train_rows, val_rows = load_splits(str(data), str(val) if val is not None else None,
+                                           names=("--data", "--val"))
+        val_rows = val_rows or None
         if loaded is None:  # an app's prompt is checked by the optimizer (_check_settings)
             variables = _prompt_variables(template)  # type: ignore[arg-type]
             check_variables(train_rows, variables, "--data")

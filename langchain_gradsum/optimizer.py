@@ -30,7 +30,7 @@ from langchain_gradsum._postgres import is_postgres_url, open_postgres_saver
 from langchain_gradsum._templates import PromptSlot
 from langchain_gradsum.apps import AppRunner, is_app
 from langchain_gradsum.beam import calls_needed_for_one_iteration
-from langchain_gradsum.data import DataLike, check_variables, load_examples
+from langchain_gradsum.data import DataLike, check_variables, load_splits
 from langchain_gradsum.evaluators import EvaluatorError, evaluator_name, run_evaluator
 from langchain_gradsum.graph import create_gradsum_graph
 from langchain_gradsum.prompts import MetaPrompts
@@ -338,9 +338,11 @@ class GradSumOptimizer:
                 or an app (any Runnable holding such a prompt as a step: a chain,
                 structured output, RAG): each candidate then runs as the whole app, and
                 the result's ``best_app`` is the app with the best prompt in place.
-            train: Rows ``{"inputs": {...}, "outputs": {...}}``, langsmith Examples or a
-                JSONL path.
-            val: Validation rows, same forms.
+            train: Rows ``{"inputs": {...}, "outputs": {...}}``, langsmith Examples, a
+                JSONL path, or a LangSmith dataset (name, id, ``Dataset`` or
+                `LangSmithDataset`; its ``train`` split when it has one).
+            val: Validation rows, same forms (a dataset's validation split when it has
+                one). Not given and `train` a dataset with a validation split: that split.
             checkpoint: Persist the run: a SQLite file path, a ``postgresql://`` URL
                 (the ``postgres`` extra: LangGraph's ``PostgresSaver``), or any LangGraph
                 checkpointer. Running the same call again resumes an interrupted run
@@ -489,8 +491,7 @@ class GradSumOptimizer:
                 "the prompt has no {variables}: without one, no example can be filled in. "
                 "Add a placeholder such as {question}"
             )
-        train_rows = load_examples(train, name="train")
-        val_rows = load_examples(val, name="val") if val is not None else []
+        train_rows, val_rows = load_splits(train, val)
         # An app fills its prompt itself (retrieval...): rows need only what the app takes.
         needed = variables if app is None else [input_key] if input_key is not None else []
         check_variables(train_rows, needed, "train")
