@@ -7,11 +7,17 @@ The context holds the settings and model objects; it is not checkpointed.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Annotated, Any, Literal
 
 from langchain_core.language_models import BaseChatModel
+from pydantic import WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
+from typing_extensions import (  # pydantic makes JSON schemas of these (Python < 3.12)
+    NotRequired,
+    TypedDict,
+)
 
 from langchain_gradsum.prompts import MetaPrompts
 
@@ -167,61 +173,137 @@ class GradSumState(TypedDict, total=False):
 Evaluator = Callable[..., Any]
 ModelLike = str | BaseChatModel
 
+BUILTIN_EVALUATORS = ("exact_match", "numeric_match", "contains_answer", "choice_match")
+"""Programmatic evaluators a context may name (e.g. from LangGraph Studio's JSON)."""
+
+_MODEL_SCHEMA = {"type": "string", "examples": ["local", "openai:gpt-4o-mini"]}
+_Model = Annotated[ModelLike, WithJsonSchema(_MODEL_SCHEMA)]
+_OptionalModel = Annotated[ModelLike | None,
+                           WithJsonSchema({"anyOf": [_MODEL_SCHEMA, {"type": "null"}]})]
+_Evaluators = Annotated[
+    Sequence[Evaluator | str],
+    WithJsonSchema({"type": "array",
+                    "items": {"type": "string", "enum": list(BUILTIN_EVALUATORS)}}),
+]
+
+
+def _knob(description: str, default: Any = MISSING, **kw: Any) -> Any:
+    """A context field with its description (shown in the context's JSON schema)."""
+    if default is not MISSING:
+        kw["default"] = default
+    return field(metadata={"description": description}, **kw)
+
 
 @dataclass(kw_only=True)
 class GradSumContext:
-    """Settings of one optimization run (LangGraph's ``context_schema``)."""
+    """Settings of one optimization run (LangGraph's ``context_schema``).
 
-    model: ModelLike = field(metadata={"description": "Task model: runs the candidate prompts."})
-    judge_model: ModelLike | None = field(
-        default=None, metadata={"description": "Scores outputs from `criteria`; default `model`."}
-    )
-    optimizer_model: ModelLike | None = field(
-        default=None,
-        metadata={"description": "Writes gradients, summaries and edits; default `model`."},
-    )
-    task_description: str = ""
-    criteria: str | None = None
-    evaluators: Sequence[Evaluator] = ()
-    beam_width: int = 3
-    candidates_per_prompt: int = 2
-    max_iterations: int = 10
-    minibatch_size: int = 10
-    max_gradients_per_prompt: int | None = None
-    patience: int | None = None
-    target_score: float | None = None
-    max_llm_calls: int | None = None
-    max_concurrency: int = 4
-    max_retries: int = 2
-    max_parse_retries: int = 1
-    retry_backoff: float = 1.0
-    """Seconds before the first retry; doubles each time."""
-    summarize: bool = True
-    repair_missing_variables: bool = True
-    """Append a lost placeholder to an edited prompt instead of rejecting it."""
-    reject_copied_examples: bool = True
-    """Reject an edited prompt that pastes in text of a train/val input (8+ words)."""
-    retry_unusable_edits: bool = True
-    """Re-ask the editor once, saying why, when its prompt was rejected or repeats
-    an earlier prompt (one more call, taken from the unused child's scoring budget)."""
-    screen_size: int = 2
-    """Score a new child first on this many of the failures it was written for; only a
-    child strictly better than its parent there is scored on the batch (0: score every
-    child on the whole batch, as the paper does)."""
-    instruction_edits: bool = True
-    """A parent's first child adds one instruction to it (a short, reliable edit for a
-    small editor model); the other children are rewrites."""
-    prefer_short_outputs: bool = True
-    """At equal validation score, pick the prompt whose outputs are shorter (cheaper)."""
-    seed: int = 0
-    meta_prompts: MetaPrompts = field(default_factory=MetaPrompts)
-    prompt_slot: Any = None
+    Every knob has a description, shown in the JSON schema LangGraph makes of this
+    context (``graph.get_context_jsonschema()``: the assistant's context schema in
+    LangGraph Server and Studio). A dict (a server run's JSON context) is coerced:
+    ``meta_prompts`` may be a dict of `MetaPrompts` fields, ``evaluators`` may name
+    built-in evaluators. The fields after ``meta_prompts`` are set from code only.
+    """
+
+    model: _Model = _knob(
+        "Task model: runs the candidate prompts. 'local' (the embedded model, at "
+        "$GRADSUM_LOCAL_BASE_URL) or 'provider:model' (init_chat_model); from code, also a "
+        "BaseChatModel.")
+    judge_model: _OptionalModel = _knob(
+        "Model of the LLM judge that scores outputs against `criteria`; default `model`.",
+        None)
+    optimizer_model: _OptionalModel = _knob(
+        "Model that writes gradients, summaries and edits; default `model`.", None)
+    task_description: str = _knob("Plain-language description of the task.", "")
+    criteria: str | None = _knob(
+        "Evaluation criteria for the LLM judge (scores 0..1). Give criteria, evaluators, or "
+        "both (scores are averaged).", None)
+    evaluators: _Evaluators = _knob(
+        "Programmatic evaluators: built-in ones by name (exact_match, numeric_match, "
+        "contains_answer, choice_match); from code, any LangSmith-style callable.", ())
+    beam_width: int = _knob("Candidates kept after each iteration.", 3)
+    candidates_per_prompt: int = _knob(
+        "New prompts written per beam member per iteration.", 2)
+    max_iterations: int = _knob("Edit rounds.", 10)
+    minibatch_size: int = _knob(
+        "Training rows scored per iteration, a fresh seeded sample each time.", 10)
+    max_gradients_per_prompt: int | None = _knob(
+        "Cap on critiques per candidate per iteration (default: all).", None)
+    patience: int | None = _knob(
+        "Stop after this many iterations without a better best minibatch score.", None)
+    target_score: float | None = _knob(
+        "Stop once the best minibatch score reaches this.", None)
+    max_llm_calls: int | None = _knob(
+        "Hard cap on LLM calls, retries included; never exceeded.", None)
+    max_concurrency: int = _knob("LLM calls in flight at once.", 4)
+    max_retries: int = _knob(
+        "Retries of timeouts, 429s and 5xx errors (exponential backoff).", 2)
+    max_parse_retries: int = _knob(
+        "Re-asks of a judge reply that does not parse (then it scores 0).", 1)
+    retry_backoff: float = _knob("Seconds before the first retry; doubles each time.", 1.0)
+    summarize: bool = _knob(
+        "Summarize the critiques into one gradient; False is the paper's ablation (each "
+        "new prompt from one gradient, no summary).", True)
+    repair_missing_variables: bool = _knob(
+        "Append a lost {variable} to an edited prompt instead of rejecting it.", True)
+    reject_copied_examples: bool = _knob(
+        "Reject an edited prompt that pastes in 8+ consecutive words of a train/val input.",
+        True)
+    retry_unusable_edits: bool = _knob(
+        "Re-ask the editor once, saying why, when its prompt was rejected or repeats an "
+        "earlier prompt (one more call, taken from the unused child's scoring budget).",
+        True)
+    screen_size: int = _knob(
+        "Score a new child first on this many of the failures it was written for; only a "
+        "child strictly better than its parent there is scored on the batch (0: score "
+        "every child on the whole batch, as the paper does).", 2)
+    instruction_edits: bool = _knob(
+        "A parent's first child adds one instruction to it (a short, reliable edit for a "
+        "small editor model); the others are rewrites.", True)
+    prefer_short_outputs: bool = _knob(
+        "At equal validation score, pick the prompt whose outputs are shorter (cheaper).",
+        True)
+    seed: int = _knob("Seed of the minibatch sampling.", 0)
+    meta_prompts: MetaPrompts = _knob(
+        "The judge, gradient, summary and edit prompts, the edit variants and the edit "
+        "retry message (str.format templates); override any of them.",
+        default_factory=MetaPrompts)
+    prompt_slot: SkipJsonSchema[Any] = None
     """Where the optimized text sits in the user's prompt (see `_templates.PromptSlot`);
     `None` means a plain string template sent as one human message."""
-    app: Any = None
+    app: SkipJsonSchema[Any] = None
     """An `apps.AppRunner` when the prompt sits inside a user's app: each candidate is
     run as that whole app (its own models, parsers, retrieval); `None`: prompt -> model."""
-    cache: Any = None
+    cache: SkipJsonSchema[Any] = None
     """A `CallCache`: finished LLM calls are answered from it (resume, re-runs)."""
-    should_stop: Callable[[], str | None] | None = None
+    should_stop: SkipJsonSchema[Callable[[], str | None] | None] = None
     """Polled between steps; a returned reason ends the run gracefully."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.meta_prompts, Mapping):  # a JSON context (LangGraph Server)
+            self.meta_prompts = MetaPrompts(**self.meta_prompts)
+        if isinstance(self.evaluators, str) or any(isinstance(e, str) for e in self.evaluators):
+            from langchain_gradsum import evaluators as builtin
+
+            names = [self.evaluators] if isinstance(self.evaluators, str) else self.evaluators
+            resolved = []
+            for e in names:
+                if isinstance(e, str):
+                    if e not in BUILTIN_EVALUATORS:
+                        raise ValueError(f"unknown evaluator {e!r}; the built-in ones are "
+                                         f"{', '.join(BUILTIN_EVALUATORS)}")
+                    e = getattr(builtin, e)
+                resolved.append(e)
+            self.evaluators = tuple(resolved)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> Any:
+        """Pydantic's schema of the dataclass, with each knob's description."""
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        props = target.get("properties", {})
+        for f in fields(cls):
+            if f.name in props and "description" in f.metadata:
+                props[f.name]["description"] = f.metadata["description"]
+        target["description"] = "Settings of one GRAD-SUM optimization run."
+        return schema
