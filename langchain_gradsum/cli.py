@@ -381,14 +381,15 @@ def optimize(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Directory to write result.json and report.html into.",
         file_okay=False, show_default=False, metavar="DIR")] = None,
-    checkpoint: Annotated[Path | None, typer.Option(
-        "--checkpoint", help="Persist the run in this SQLite file; run the same command "
-        "again to resume after a crash (finished calls are not repeated) or to get a "
-        "finished run's result.", dir_okay=False, show_default=False, metavar="FILE")] = None,
-    cache: Annotated[Path | None, typer.Option(
-        "--cache", help="Answer identical LLM calls from this SQLite file (default with "
-        "--checkpoint: the checkpoint file).", dir_okay=False, show_default=False,
-        metavar="FILE")] = None,
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", help="Persist the run in this SQLite file (or a postgresql:// "
+        "database); run the same command again to resume after a crash (finished calls "
+        "are not repeated) or to get a finished run's result.", show_default=False,
+        metavar="FILE|URL")] = None,
+    cache: Annotated[str | None, typer.Option(
+        "--cache", help="Answer identical LLM calls from this SQLite file or postgresql:// "
+        "database (default with --checkpoint: the checkpoint's).", show_default=False,
+        metavar="FILE|URL")] = None,
     stop_file: Annotated[Path | None, typer.Option(
         "--stop-file", help="If this file appears, stop at the next safe point and keep "
         "the best prompt so far (like Ctrl-C).", dir_okay=False, show_default=False,

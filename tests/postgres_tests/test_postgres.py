@@ -210,3 +210,36 @@ def test_an_unreachable_database_is_a_clear_error_before_any_call(postgres_url: 
         _optimizer(model).optimize("Q: {question}", ROWS, checkpoint=url)
     assert "hunter2" not in str(err.value) and "***" in str(err.value)
     assert model.calls == []
+
+
+def test_the_cli_checkpoints_in_postgres(fresh_db: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+
+    from typer.testing import CliRunner
+
+    from langchain_gradsum import local_llm
+    from langchain_gradsum.cli import app
+
+    @contextlib.contextmanager
+    def running_local_llm(port: int | None = None):
+        yield "http://127.0.0.1:1/v1"
+
+    models: list[ScriptedChatModel] = []
+
+    def local_chat_model(*args: Any, **kwargs: Any) -> ScriptedChatModel:
+        models.append(ScriptedChatModel(respond=_respond))
+        return models[-1]
+
+    monkeypatch.setattr(local_llm, "running_local_llm", running_local_llm)
+    monkeypatch.setattr(local_llm, "local_chat_model", local_chat_model)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    args = ["optimize", "Q: {question}", "--data", str(data), "--model", "local",
+            "--evaluator", "numeric_match", "--max-iterations", "1", "--minibatch-size", "3",
+            "--max-concurrency", "1", "--checkpoint", fresh_db, "--quiet"]
+    for _ in range(2):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+    assert models[0].calls and models[1].calls == []  # the second run: resumed, finished
+    assert not any(p.name.startswith("postgresql") for p in Path.cwd().iterdir())
