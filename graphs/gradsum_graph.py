@@ -2,15 +2,15 @@
 
 Run from this directory (``langgraph.json`` sits next to this file)::
 
-    pip install -U "langgraph-cli[inmem]"
+    pip install -e "..[server]"     # langgraph-cli[inmem], langgraph-sdk
     langgraph dev
 
 The graph's input is ``{"prompt": "... {question} ...", "train": [rows], "val": [rows]}``
 with rows ``{"inputs": {...}, "outputs": {...}}``; its context (the run's settings,
-`GradSumContext`) needs at least ``model`` (``"provider:model"`` or ``"local"``) and
-``criteria`` for the LLM judge, e.g. ``{"model": "local", "criteria": "The answer is
-correct.", "max_iterations": 3}``. Programmatic evaluators are Python callables, so
-they are set from code (`GradSumOptimizer`), not from Studio.
+`GradSumContext`, every knob described in its JSON schema) needs at least ``model``
+(``"provider:model"`` or ``"local"``) and ``criteria`` for the LLM judge or built-in
+``evaluators`` by name, e.g. ``{"model": "local", "evaluators": ["exact_match"],
+"max_iterations": 3}``. Your own Python evaluators are set from code (`GradSumOptimizer`).
 """
 
 from langchain_gradsum.graph import create_gradsum_graph

@@ -6,6 +6,7 @@
     result.best_prompt
 """
 
+from langchain_gradsum.data import LangSmithDataset
 from langchain_gradsum.evaluators import (
     choice_match,
     contains_answer,
@@ -22,6 +23,7 @@ __all__ = [
     "GradSumContext",
     "GradSumOptimizer",
     "GradSumState",
+    "LangSmithDataset",
     "MetaPrompts",
     "OptimizationError",
     "OptimizationResult",

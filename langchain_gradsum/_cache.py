@@ -1,4 +1,5 @@
-"""A persistent cache of finished LLM calls (SQLite), so nothing paid for is paid twice.
+"""A persistent cache of finished LLM calls (SQLite or PostgreSQL), so nothing paid for
+is paid twice.
 
 Keys are sha256 hashes of (model identity and parameters, messages, output
 schema); values are the reply text or parsed structured output and the reply's
@@ -20,7 +21,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.load import dumps
 from langchain_core.messages import BaseMessage
 
-__all__ = ["CallCache"]
+__all__ = ["CallCache", "PostgresCallCache", "open_cache"]
 
 _LOOPBACK_PORT = re.compile(r"(https?://(?:127\.0\.0\.1|localhost|\[::1\])):\d+")
 
@@ -91,3 +92,64 @@ class CallCache:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+class PostgresCallCache(CallCache):
+    """The call cache in a PostgreSQL database (its own table, ``gradsum_calls``), e.g.
+    the one that holds the run's LangGraph checkpoints: many workers and runs share it,
+    and an identical call made by any of them is answered from it.
+
+    Args:
+        url: A ``postgresql://`` connection URL (needs the ``postgres`` extra).
+    """
+
+    def __init__(self, url: str, run_id: str | None = None) -> None:
+        from langchain_gradsum._postgres import postgres_connect, safe_url, with_setup_lock
+
+        self.path = Path(safe_url(url))  # what it is, for messages; never a file
+        self.url = url
+        self.run_id = run_id
+        self._lock = threading.Lock()
+        self._conn: Any = postgres_connect(url, "cache")  # a psycopg connection
+
+        def setup() -> None:
+            with self._conn.cursor() as cur:
+                cur.execute(_SCHEMA)
+
+        with_setup_lock(self._conn, setup)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock, self._conn.cursor() as cur:
+            row = cur.execute("SELECT value FROM gradsum_calls WHERE key = %s",
+                              (key,)).fetchone()
+        if row is None:
+            return None
+        value = row["value"] if isinstance(row, dict) else row[0]
+        return json.loads(value)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        value = {**value, "run": self.run_id}
+        with self._lock, self._conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO gradsum_calls (key, value) VALUES (%s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (key, json.dumps(value)),
+            )
+
+    def __len__(self) -> int:
+        with self._lock, self._conn.cursor() as cur:
+            row = cur.execute("SELECT COUNT(*) AS n FROM gradsum_calls").fetchone()
+        return int(row["n"] if isinstance(row, dict) else row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def open_cache(spec: str | Path) -> CallCache:
+    """The cache a ``cache=`` value names: a ``postgresql://`` URL or a SQLite path."""
+    from langchain_gradsum._postgres import is_postgres_url
+
+    if is_postgres_url(spec):
+        return PostgresCallCache(str(spec))
+    return CallCache(spec)

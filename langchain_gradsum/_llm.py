@@ -294,7 +294,11 @@ def _init_model(spec: str, env: tuple[tuple[str, str], ...]) -> BaseChatModel:
     if spec == "local":
         from langchain_gradsum.local_llm import local_chat_model
 
-        return local_chat_model()
+        # A server run names the model by string only: its token cap comes from here.
+        cap = dict(env).get("GRADSUM_LOCAL_MAX_TOKENS", "").strip()
+        if cap and not (cap.isdigit() and int(cap) > 0):
+            raise ValueError(f"GRADSUM_LOCAL_MAX_TOKENS must be a positive int, got {cap!r}")
+        return local_chat_model(max_tokens=int(cap)) if cap else local_chat_model()
     from langchain.chat_models import init_chat_model
 
     return init_chat_model(spec)

@@ -380,7 +380,9 @@ def _root(
 def optimize(
     data: Annotated[Path, typer.Option(
         "--data", "-d", help="Training rows: JSONL, one {\"inputs\": {...}, \"outputs\": "
-        "{...}} per line.", show_default=False, dir_okay=False, metavar="FILE")],
+        "{...}} per line; or the name or id of a LangSmith dataset (its train split, and "
+        "its validation split as --val, when it has them).", show_default=False,
+        dir_okay=False, metavar="FILE")],
     prompt: Annotated[str | None, typer.Argument(
         help="The prompt template to optimize, with {variables} named like the data's inputs; "
         "or @FILE to read it from a file (@- reads stdin). Left out with --app.",
@@ -403,8 +405,8 @@ def optimize(
         "(e.g. question) instead of the row's inputs dict.", show_default=False,
         metavar="KEY")] = None,
     val: Annotated[Path | None, typer.Option(
-        "--val", help="Validation rows (JSONL) to pick the final prompt on; default: the "
-        "training rows.", dir_okay=False, metavar="FILE")] = None,
+        "--val", help="Validation rows (JSONL, or a LangSmith dataset) to pick the final "
+        "prompt on; default: the training rows.", dir_okay=False, metavar="FILE")] = None,
     task: Annotated[str, typer.Option(
         "--task", "-t", help=_help("task_description", " Or @FILE."),
         metavar="TEXT")] = "",
@@ -429,14 +431,15 @@ def optimize(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Directory to write result.json and report.html into.",
         file_okay=False, show_default=False, metavar="DIR")] = None,
-    checkpoint: Annotated[Path | None, typer.Option(
-        "--checkpoint", help="Persist the run in this SQLite file; run the same command "
-        "again to resume after a crash (finished calls are not repeated) or to get a "
-        "finished run's result.", dir_okay=False, show_default=False, metavar="FILE")] = None,
-    cache: Annotated[Path | None, typer.Option(
-        "--cache", help="Answer identical LLM calls from this SQLite file (default with "
-        "--checkpoint: the checkpoint file).", dir_okay=False, show_default=False,
-        metavar="FILE")] = None,
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", help="Persist the run in this SQLite file (or a postgresql:// "
+        "database); run the same command again to resume after a crash (finished calls "
+        "are not repeated) or to get a finished run's result.", show_default=False,
+        metavar="FILE|URL")] = None,
+    cache: Annotated[str | None, typer.Option(
+        "--cache", help="Answer identical LLM calls from this SQLite file or postgresql:// "
+        "database (default with --checkpoint: the checkpoint's).", show_default=False,
+        metavar="FILE|URL")] = None,
     stop_file: Annotated[Path | None, typer.Option(
         "--stop-file", help="If this file appears, stop at the next safe point and keep "
         "the best prompt so far (like Ctrl-C).", dir_okay=False, show_default=False,
@@ -465,10 +468,11 @@ def optimize(
         criteria_text = _text_arg(criteria, "--criteria")
         if loaded is None and (not template or not template.strip()):
             raise InputError("the prompt is empty")
-        from langchain_gradsum.data import check_variables, load_examples
+        from langchain_gradsum.data import check_variables, load_splits
 
-        train_rows = load_examples(str(data), name="--data")
-        val_rows = load_examples(str(val), name="--val") if val is not None else None
+        train_rows, val_split = load_splits(str(data), str(val) if val is not None else None,
+                                            names=("--data", "--val"))
+        val_rows = val_split or None
         if loaded is None:  # an app's prompt is checked by the optimizer (_check_settings)
             variables = _prompt_variables(template)  # type: ignore[arg-type]
             check_variables(train_rows, variables, "--data")

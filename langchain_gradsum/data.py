@@ -1,33 +1,77 @@
-"""Data in: rows as dicts, langsmith Examples or a JSONL file; checked before any call."""
+"""Data in: rows as dicts, langsmith Examples, a JSONL file or a LangSmith dataset;
+checked before any call."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from langchain_gradsum.state import Example
 
-__all__ = ["load_examples", "minibatch_indices"]
+__all__ = ["LangSmithDataset", "load_examples", "load_splits", "minibatch_indices"]
 
-DataLike = str | os.PathLike[str] | Iterable[Any]
+
+@dataclass(frozen=True)
+class LangSmithDataset:
+    """A LangSmith dataset to read rows from, with the real ``langsmith`` client.
+
+    ``train="my-dataset"`` (a name), a dataset id, or a ``langsmith`` ``Dataset`` does
+    the same with the default client and splits; this says more.
+
+    Args:
+        name: The dataset's name (or give `id`).
+        id: The dataset's id.
+        splits: Read only the examples in these LangSmith splits (e.g. ``["test"]``).
+            Default: the rules of `load_splits`.
+        client: A ``langsmith.Client``; default ``Client()`` (``LANGSMITH_API_KEY``,
+            ``LANGSMITH_ENDPOINT``).
+    """
+
+    name: str | None = None
+    id: str | uuid.UUID | None = None
+    splits: Sequence[str] | None = None
+    client: Any = None
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.id is None):
+            raise ValueError("LangSmithDataset needs a name or an id (one of them)")
+        if isinstance(self.splits, str):
+            object.__setattr__(self, "splits", (self.splits,))
+
+    def label(self) -> str:
+        return f"LangSmith dataset {self.name or str(self.id)!r}"
+
+
+DataLike = str | os.PathLike[str] | LangSmithDataset | uuid.UUID | Iterable[Any]
+
+TRAIN_SPLITS = ("train",)
+VAL_SPLITS = ("validation", "val", "dev")
+HELD_OUT_SPLITS = (*VAL_SPLITS, "test")
 
 
 def load_examples(data: DataLike, *, name: str = "train") -> list[Example]:
     """Normalize data to ``[{"inputs": {...}, "outputs": {...}}, ...]``.
 
     Accepts a list of such dicts, langsmith ``Example`` objects (anything with
-    ``.inputs`` and ``.outputs``), or the path of a JSONL file of such dicts.
+    ``.inputs`` and ``.outputs``, e.g. ``Client().list_examples(...)``), the path of
+    a JSONL file of such dicts, or a LangSmith dataset (`langsmith_source`), read
+    whole (see `load_splits` for the split rules).
 
     Raises:
         ValueError: the data is empty, or a row has the wrong shape (the message
             names the row and what to fix).
     """
-    if isinstance(data, str | os.PathLike):
-        rows: list[Any] = _read_jsonl(Path(data), name)
+    source = langsmith_source(data)
+    if source is not None:
+        rows: list[Any] = [ex for ex, _ in _read_langsmith(source, name)]
+    elif isinstance(data, str | os.PathLike):
+        rows = _read_jsonl(Path(data), name)
     elif isinstance(data, Mapping):
         raise TypeError(
             f"{name} must be a list of rows, a JSONL path or langsmith Examples, got a dict; "
@@ -35,7 +79,7 @@ def load_examples(data: DataLike, *, name: str = "train") -> list[Example]:
         )
     else:
         try:
-            rows = list(data)
+            rows = list(data)  # type: ignore[arg-type]
         except TypeError:
             raise TypeError(
                 f"{name} must be a list of rows, a JSONL path or langsmith Examples, got "
@@ -44,6 +88,179 @@ def load_examples(data: DataLike, *, name: str = "train") -> list[Example]:
     if not rows:
         raise ValueError(f"{name} is empty: give at least one example")
     return [_to_example(row, i, name) for i, row in enumerate(rows)]
+
+
+def load_splits(train: DataLike, val: DataLike | None, *,
+                names: tuple[str, str] = ("train", "val")
+                ) -> tuple[list[Example], list[Example]]:
+    """The training and validation rows of `train` and `val` (`load_examples` forms).
+
+    A LangSmith dataset given by reference (a name, an id, a ``Dataset`` or a
+    `LangSmithDataset` without `splits`) is split by its LangSmith split names:
+
+    - as `train`: its ``train`` split if it has one, else every example that is in
+      no validation (``validation``, ``val``, ``dev``) or ``test`` split;
+    - as `val`: its validation split if it has one, else all of it (but the dataset
+      that is `train` must have a validation split);
+    - `val` not given and `train` a dataset with a validation split: that split.
+
+    ``test`` is never read unless named (``LangSmithDataset(..., splits=["test"])``).
+    A list of examples (e.g. ``list_examples(splits=[...])``) is used as it is.
+
+    `names` name the two in error messages.
+
+    Raises:
+        ValueError / TypeError: bad data, an unknown dataset, no API key (before any
+            LLM call).
+    """
+    train_name, val_name = names
+    train_src = langsmith_source(train)
+    val_src = langsmith_source(val) if val is not None else None
+    if train_src is None and val_src is None:
+        return (load_examples(train, name=train_name),
+                load_examples(val, name=val_name) if val is not None else [])
+    read: dict[Any, list[tuple[Any, list[str]]]] = {}
+
+    def examples(src: LangSmithDataset, name: str) -> list[tuple[Any, list[str]]]:
+        key = (src.name, str(src.id) if src.id else None, tuple(src.splits or ()),
+               id(src.client))
+        if key not in read:
+            read[key] = _read_langsmith(src, name)
+        return read[key]
+
+    if train_src is not None:
+        train_all = examples(train_src, train_name)
+        split_names = {s for _, splits in train_all for s in splits}
+        if train_src.splits:
+            train_rows = [ex for ex, _ in train_all]
+        elif "train" in split_names:
+            train_rows = [ex for ex, splits in train_all if "train" in splits]
+        else:
+            train_rows = [ex for ex, splits in train_all
+                          if not set(splits) & set(HELD_OUT_SPLITS)]
+        val_split = next((v for v in VAL_SPLITS if v in split_names), None)
+        if val is None:
+            val_rows = [ex for ex, splits in train_all if val_split in splits] \
+                if val_split and not train_src.splits else []
+            return _normalized(train_rows, train_name, train_src), \
+                _normalized(val_rows, val_name, train_src) if val_rows else []
+        train_out = _normalized(train_rows, train_name, train_src)
+    else:
+        train_out = load_examples(train, name=train_name)
+    if val_src is None:
+        return train_out, load_examples(val, name=val_name)  # type: ignore[arg-type]
+    val_all = examples(val_src, val_name)
+    split_names = {s for _, splits in val_all for s in splits}
+    val_split = next((v for v in VAL_SPLITS if v in split_names), None)
+    if val_src.splits:
+        val_rows = [ex for ex, _ in val_all]
+    elif val_split:
+        val_rows = [ex for ex, splits in val_all if val_split in splits]
+    elif train_src is not None and _same(train_src, val_src):
+        raise ValueError(
+            f"{val_name} is the {val_src.label()}, as {train_name} is, and it has no "
+            "validation split "
+            f"({', '.join(repr(v) for v in VAL_SPLITS)}; its splits: {sorted(split_names)}): "
+            f"give {val_name} another dataset, or name the splits with "
+            "LangSmithDataset(..., splits=[...])"
+        )
+    else:
+        val_rows = [ex for ex, _ in val_all]
+    return train_out, _normalized(val_rows, val_name, val_src)
+
+
+def langsmith_source(data: Any) -> LangSmithDataset | None:
+    """The LangSmith dataset `data` names, if it names one: a `LangSmithDataset`, a
+    ``langsmith`` ``Dataset``, a ``uuid.UUID``, or a string that is no existing file
+    and does not look like a path (a UUID string is an id, anything else a name)."""
+    if isinstance(data, LangSmithDataset):
+        return data
+    if isinstance(data, uuid.UUID):
+        return LangSmithDataset(id=data)
+    try:
+        from langsmith.schemas import Dataset
+    except ImportError:  # pragma: no cover - langsmith is a dependency
+        Dataset = ()  # type: ignore[assignment,misc]  # noqa: N806
+    if isinstance(data, Dataset):
+        return LangSmithDataset(id=data.id)
+    if not isinstance(data, str):
+        return None
+    text = data.strip()
+    if not text or Path(data).exists() or "/" in text or os.sep in text \
+            or text.lower().endswith((".jsonl", ".json", ".ndjson")):
+        return None
+    try:
+        return LangSmithDataset(id=uuid.UUID(text))
+    except ValueError:
+        return LangSmithDataset(name=text)
+
+
+def _same(a: LangSmithDataset, b: LangSmithDataset) -> bool:
+    return (a.name, str(a.id) if a.id else None) == (b.name, str(b.id) if b.id else None)
+
+
+def _normalized(rows: list[Any], name: str, src: LangSmithDataset) -> list[Example]:
+    if not rows:
+        raise ValueError(
+            f"{name}: the {src.label()} has no examples for {name}"
+            + (f" in the splits {list(src.splits)}" if src.splits else "")
+        )
+    return [_to_example(row, i, name) for i, row in enumerate(rows)]
+
+
+def _example_splits(example: Any) -> list[str]:
+    """An example's LangSmith split names (``metadata.dataset_split``; default ``base``)."""
+    split = (getattr(example, "metadata", None) or {}).get("dataset_split")
+    if isinstance(split, str):
+        return [split]
+    return [str(s) for s in split] if split else ["base"]
+
+
+def _read_langsmith(src: LangSmithDataset, name: str) -> list[tuple[Any, list[str]]]:
+    """Every example of the dataset (in `src.splits`, if given), with its split names,
+    read with the ``langsmith`` client (paginated by it)."""
+    from langsmith import Client
+    from langsmith import utils as ls_utils
+
+    client = src.client
+    if client is None:
+        try:
+            client = Client(auto_batch_tracing=False)  # only reads: no tracing thread
+        except Exception as e:
+            raise ValueError(f"{name}: could not make a LangSmith client to read the "
+                             f"{src.label()}: {e}") from None
+    if not getattr(client, "api_key", None) and not _is_loopback(client.api_url):
+        raise ValueError(
+            f"{name}: reading the {src.label()} needs a LangSmith API key: set "
+            f"LANGSMITH_API_KEY (endpoint {client.api_url}), or pass "
+            f"LangSmithDataset(..., client=Client(...)); a local file is read as JSONL "
+            f"only if it exists"
+        )
+    try:
+        dataset = client.read_dataset(dataset_name=src.name) if src.id is None else \
+            client.read_dataset(dataset_id=src.id)
+        found = list(client.list_examples(dataset_id=dataset.id,
+                                          splits=list(src.splits) if src.splits else None))
+    except ls_utils.LangSmithNotFoundError:
+        hint = " (and no such file)" if src.name is not None else ""
+        raise ValueError(
+            f"{name}: there is no {src.label()} at {client.api_url}{hint}"
+        ) from None
+    except ls_utils.LangSmithError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{name}: could not read the {src.label()} at {client.api_url}: "
+                         f"{first}") from None
+    if not found:
+        where = f" in the splits {list(src.splits)}" if src.splits else ""
+        raise ValueError(f"{name}: the {src.label()} has no examples{where}")
+    return [(ex, _example_splits(ex)) for ex in found]
+
+
+def _is_loopback(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    host = (urlparse(url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _read_jsonl(path: Path, name: str) -> list[Any]:

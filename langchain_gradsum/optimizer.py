@@ -18,14 +18,15 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from langchain_gradsum._cache import CallCache
+from langchain_gradsum._cache import CallCache, open_cache
 from langchain_gradsum._interrupt import graceful_sigint, stop_signal
 from langchain_gradsum._knobs import MODEL_ROLES, check_knob, knobs, knobs_doc
 from langchain_gradsum._llm import RunLedger, redact, resolve_model, run_ledger
+from langchain_gradsum._postgres import is_postgres_url, open_postgres_saver
 from langchain_gradsum._templates import PromptSlot
 from langchain_gradsum.apps import AppRunner, is_app
 from langchain_gradsum.beam import calls_needed_for_one_iteration
-from langchain_gradsum.data import DataLike, check_variables, load_examples
+from langchain_gradsum.data import DataLike, check_variables, load_splits
 from langchain_gradsum.evaluators import EvaluatorError, evaluator_name, run_evaluator
 from langchain_gradsum.graph import create_gradsum_graph
 from langchain_gradsum.result import OptimizationError, OptimizationResult, settings_as_json
@@ -123,16 +124,20 @@ class GradSumOptimizer:
                 or an app (any Runnable holding such a prompt as a step: a chain,
                 structured output, RAG): each candidate then runs as the whole app, and
                 the result's ``best_app`` is the app with the best prompt in place.
-            train: Rows ``{"inputs": {...}, "outputs": {...}}``, langsmith Examples or a
-                JSONL path.
-            val: Validation rows, same forms.
-            checkpoint: Persist the run: a SQLite file path (or any LangGraph
-                checkpointer). Running the same call again resumes an interrupted run
+            train: Rows ``{"inputs": {...}, "outputs": {...}}``, langsmith Examples, a
+                JSONL path, or a LangSmith dataset (name, id, ``Dataset`` or
+                `LangSmithDataset`; its ``train`` split when it has one).
+            val: Validation rows, same forms (a dataset's validation split when it has
+                one). Not given and `train` a dataset with a validation split: that split.
+            checkpoint: Persist the run: a SQLite file path, a ``postgresql://`` URL
+                (the ``postgres`` extra: LangGraph's ``PostgresSaver``), or any LangGraph
+                checkpointer. Running the same call again resumes an interrupted run
                 (or returns a finished one) without repeating finished LLM calls.
             thread_id: The run's id in the checkpointer. Default: a hash of the prompt,
                 data and settings, so the same call finds its own run.
-            cache: Answer identical LLM calls from a SQLite file (or `CallCache`). With a
-                checkpoint path and no cache, the cache lives in the checkpoint file.
+            cache: Answer identical LLM calls from a SQLite file, a ``postgresql://``
+                database (or a `CallCache`). With a checkpoint path or URL and no cache,
+                the cache lives in the checkpoint file or database.
             stop_file: If this file appears, the run stops at the next safe point and
                 validates what it has (like Ctrl-C).
             on_event: Called with each progress event (iteration, scored, candidate, best).
@@ -272,15 +277,15 @@ class GradSumOptimizer:
                 "the prompt has no {variables}: without one, no example can be filled in. "
                 "Add a placeholder such as {question}"
             )
-        train_rows = load_examples(train, name="train")
-        val_rows = load_examples(val, name="val") if val is not None else []
+        train_rows, val_rows = load_splits(train, val)
         # An app fills its prompt itself (retrieval...): rows need only what the app takes.
         needed = variables if app is None else [input_key] if input_key is not None else []
         check_variables(train_rows, needed, "train")
         check_variables(val_rows, needed, "val")
         ctx = self.context(slot, app)
         if app is None:  # an app's output type is known only once it runs
-            _dry_run_evaluators(ctx.evaluators, train_rows[0])
+            # (names of built-in evaluators were resolved when the context was made)
+            _dry_run_evaluators(ctx.evaluators, train_rows[0])  # type: ignore[arg-type]
         if ctx.max_llm_calls is not None:
             need = calls_needed_for_one_iteration(len(train_rows), len(val_rows), ctx)
             if ctx.max_llm_calls < need:
@@ -316,7 +321,13 @@ class GradSumOptimizer:
             thread_id = _run_fingerprint(
                 inputs if app is None else {**inputs, "app": app.describe()}, self)
         saver: BaseCheckpointSaver | None
-        if isinstance(checkpoint, str | Path):
+        if is_postgres_url(checkpoint):
+            # LangGraph's PostgresSaver, and the call cache in the same database
+            saver, close = open_postgres_saver(str(checkpoint))
+            run.closers.append(close)
+            if cache is None:
+                cache = str(checkpoint)
+        elif isinstance(checkpoint, str | Path):
             conn = sqlite3.connect(str(checkpoint), check_same_thread=False)
             run.closers.append(conn.close)
             saver = SqliteSaver(conn)
@@ -325,7 +336,11 @@ class GradSumOptimizer:
         else:
             saver = checkpoint
         if isinstance(cache, str | Path):
-            cache = CallCache(cache)
+            try:
+                cache = open_cache(cache)
+            except BaseException:
+                run.close()
+                raise
             run.closers.append(cache.close)
         if cache is not None and saver is not None:
             cache.run_id = thread_id  # calls paid before a crash still count on resume

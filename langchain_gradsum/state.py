@@ -7,13 +7,17 @@ The context holds the settings and model objects; it is not checkpointed.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, TypedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Interval
 from langchain_core.language_models import BaseChatModel
-from typing_extensions import NotRequired  # typing's is 3.11+
+from pydantic import WithJsonSchema
+from typing_extensions import (  # typing's NotRequired is 3.11+; pydantic needs this TypedDict
+    NotRequired,
+    TypedDict,
+)
 
 from langchain_gradsum.prompts import MetaPrompts
 
@@ -174,6 +178,20 @@ ModelLike = str | BaseChatModel
 MAX_BACKOFF_S = 60.0
 """Largest `retry_backoff`: the first retry waits this long, later ones up to 30 times it."""
 
+BUILTIN_EVALUATORS = ("exact_match", "numeric_match", "contains_answer", "choice_match")
+"""Programmatic evaluators a context may name (e.g. from LangGraph Studio's JSON)."""
+
+_MODEL_SCHEMA = {"type": "string", "examples": ["local", "openai:gpt-4o-mini"]}
+_Model = Annotated[ModelLike, WithJsonSchema(_MODEL_SCHEMA)]
+_OptionalModel = Annotated[ModelLike | None,
+                           WithJsonSchema({"anyOf": [_MODEL_SCHEMA, {"type": "null"}]})]
+_Evaluators = Annotated[
+    Sequence[Evaluator | str],
+    WithJsonSchema({"type": "array",
+                    "items": {"type": "string", "enum": list(BUILTIN_EVALUATORS)}}),
+]
+
+
 
 @dataclass(kw_only=True)
 class GradSumContext:
@@ -185,21 +203,22 @@ class GradSumContext:
     (`langchain_gradsum._knobs`); the values are checked when a context is made.
     """
 
-    model: ModelLike = field(metadata={"description": (
+    model: _Model = field(metadata={"description": (
         "Task model that runs the candidate prompts: a BaseChatModel, a 'provider:model' "
         "string, or 'local' for the embedded Qwen2.5-Coder-1.5B server.")})
-    judge_model: ModelLike | None = field(default=None, metadata={"description": (
+    judge_model: _OptionalModel = field(default=None, metadata={"description": (
         "Model of the LLM judge that scores outputs by `criteria` (default: `model`).")})
-    optimizer_model: ModelLike | None = field(default=None, metadata={"description": (
+    optimizer_model: _OptionalModel = field(default=None, metadata={"description": (
         "Model that writes the critiques, summaries and edits (default: `model`).")})
     task_description: str = field(default="", metadata={"description": (
         "Plain-language description of the task.")})
     criteria: str | None = field(default=None, metadata={"description": (
         "Criteria for the LLM judge (scores 0..1); give `criteria`, `evaluators` or both "
         "(scores are then averaged).")})
-    evaluators: Sequence[Evaluator] = field(default=(), metadata={"description": (
+    evaluators: _Evaluators = field(default=(), metadata={"description": (
         "Programmatic evaluators, LangSmith/openevals style: "
-        "(inputs, outputs, reference_outputs) -> score.")})
+        "(inputs, outputs, reference_outputs) -> score; built-in ones also by name "
+        "(exact_match, numeric_match, contains_answer, choice_match).")})
     beam_width: Annotated[int, Ge(1)] = field(default=3, metadata={"description": (
         "Candidates kept after each iteration.")})
     candidates_per_prompt: Annotated[int, Ge(1)] = field(default=2, metadata={"description": (
@@ -259,8 +278,35 @@ class GradSumContext:
     def __post_init__(self) -> None:
         from langchain_gradsum._knobs import check_knob, knobs
 
+        if isinstance(self.meta_prompts, Mapping):  # a JSON context (LangGraph Server)
+            self.meta_prompts = MetaPrompts(**self.meta_prompts)
+        if isinstance(self.evaluators, str) or any(isinstance(e, str) for e in self.evaluators):
+            from langchain_gradsum import evaluators as builtin
+
+            names = [self.evaluators] if isinstance(self.evaluators, str) else self.evaluators
+            resolved = []
+            for e in names:
+                if isinstance(e, str):
+                    if e not in BUILTIN_EVALUATORS:
+                        raise ValueError(f"unknown evaluator {e!r}; the built-in ones are "
+                                         f"{', '.join(BUILTIN_EVALUATORS)}")
+                    e = getattr(builtin, e)
+                resolved.append(e)
+            self.evaluators = tuple(resolved)
         for name in knobs():
             check_knob(name, getattr(self, name))
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> Any:
+        """Pydantic's schema of the dataclass, with each knob's description."""
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        props = target.get("properties", {})
+        for f in fields(cls):
+            if f.name in props and "description" in f.metadata:
+                props[f.name]["description"] = f.metadata["description"]
+        target["description"] = "Settings of one GRAD-SUM optimization run."
+        return schema
 
     # What `GradSumOptimizer` adds for its own runs (`RunContext`); not knobs. A
     # context made by hand has none of them.

@@ -75,3 +75,40 @@ def test_draw_check_cli() -> None:
     proc = subprocess.run([sys.executable, str(GRAPHS / "draw.py"), "--check"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_every_knob_is_in_the_context_schema_with_its_description() -> None:
+    """What LangGraph Server shows as the assistant's context schema (Studio's form)."""
+    import inspect
+
+    from langchain_gradsum import GradSumOptimizer
+
+    schema = _load("gradsum_graph").graph.get_context_jsonschema()
+    props = schema["properties"]
+    knobs = [p for p in inspect.signature(GradSumOptimizer).parameters]
+    assert "beam_width" in knobs and "meta_prompts" in knobs
+    for knob in knobs:
+        assert knob in props, knob
+        assert len(props[knob].get("description", "")) > 10, knob
+    # code-only fields (Python objects) are not offered
+    assert not {"prompt_slot", "app", "cache", "should_stop"} & set(props)
+    assert schema["required"] == ["model"]
+    assert props["evaluators"]["items"]["enum"] == ["exact_match", "numeric_match",
+                                                    "contains_answer", "choice_match"]
+    json.dumps(schema)  # JSON all the way
+
+
+def test_a_json_context_is_coerced() -> None:
+    """A server run's context is JSON: meta-prompts as a dict, evaluators by name."""
+    from langchain_gradsum import exact_match
+    from langchain_gradsum.prompts import MetaPrompts
+
+    ctx = GradSumContext(model="local", evaluators=["exact_match"],
+                         meta_prompts={"edit_retry": "Try again: {why}"})
+    assert ctx.evaluators == (exact_match,)
+    assert isinstance(ctx.meta_prompts, MetaPrompts)
+    assert ctx.meta_prompts.edit_retry == "Try again: {why}"
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown evaluator 'nope'"):
+        GradSumContext(model="local", evaluators=["nope"])

@@ -69,7 +69,7 @@ def test_the_optimizer_keeps_every_knob_in_its_settings() -> None:
 @pytest.mark.parametrize(("name", "value", "error"), [
     ("beam_width", 0, ValueError), ("beam_width", 1.5, TypeError), ("summarize", 1, TypeError),
     ("target_score", 0.0, ValueError), ("retry_backoff", float("inf"), ValueError),
-    ("patience", "3", TypeError), ("meta_prompts", {}, TypeError),
+    ("patience", "3", TypeError), ("meta_prompts", "mine", TypeError),
 ])
 def test_the_context_checks_its_knobs(name: str, value: object, error: type) -> None:
     with pytest.raises(error, match=name):
