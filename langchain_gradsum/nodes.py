@@ -304,7 +304,10 @@ def _edit_ask(state: GradSumState, ctx: GradSumContext, job: EditJob) -> str:
     n = ctx.candidates_per_prompt if ctx.summarize else 1
     variant = "" if n == 1 else f"- This is version {k + 1} of {n}: {variants[r % len(variants)]}"
     required = template_variables(state["prompt"])
-    return ctx.meta_prompts.edit.format(
+    edit = ctx.meta_prompts.edit
+    if not required:  # a system prompt in an app: no placeholder to keep (drop that rule)
+        edit = "\n".join(line for line in edit.splitlines() if "{variables}" not in line)
+    return edit.format(
         **fields, variables=", ".join("{" + v + "}" for v in required), variant=variant)
 
 
@@ -342,7 +345,9 @@ class _EditGuard:
             full = set(self.required) <= set(template_variables(text))
         except ValueError:
             full = False
-        if full:  # the editor wrote a whole prompt: take it as such
+        if full and self.required:  # the editor wrote a whole prompt: take it as such
+            # (with no placeholder to tell, e.g. a system message, the text is appended:
+            # taken whole, "Reply with only the answer." would replace the system prompt)
             return text
         parent = self.state["candidates"][job[0]]["template"]
         if _normalize(text).lower() in _normalize(parent).lower():

@@ -272,7 +272,9 @@ class GradSumOptimizer:
                              "judge_model=) for the judge, critiques and edits")
         slot, text = PromptSlot.from_prompt(prompt)
         variables = slot.all_variables(text)
-        if not variables:
+        # In an app the prompt may hold no placeholder: the app brings the row's input to
+        # its model by another way (a graph's system prompt, read from its context).
+        if not variables and app is None:
             raise ValueError(
                 "the prompt has no {variables}: without one, no example can be filled in. "
                 "Add a placeholder such as {question}"

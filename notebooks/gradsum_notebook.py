@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_gradsum.demo import demo_rows
 from langchain_gradsum.testing import ScriptedChatModel
 
-__all__ = ["MODE", "OUT", "describe", "models", "scripted_model"]
+__all__ = ["KB_DOCS", "MODE", "OUT", "describe", "kb_rows", "models", "scripted_kb_model",
+           "scripted_model"]
 
 
 def _mode() -> str:
@@ -42,15 +44,17 @@ OUT = Path(os.environ.get("GRADSUM_NOTEBOOK_OUT", "runs"))
 """Where the notebooks write results and reports (CI points it at a temp dir)."""
 
 
-def models(task_max_tokens: int = 384, optimizer_max_tokens: int = 220
+def models(task_max_tokens: int = 384, optimizer_max_tokens: int = 220,
+           fake: Callable[[], BaseChatModel] | None = None
            ) -> tuple[BaseChatModel, BaseChatModel]:
     """``(task_model, optimizer_model)`` for `MODE`.
 
     The local server gets two clients: a reply cap for the task model (room to reason)
-    and another for gradients, summaries and edits.
+    and another for gradients, summaries and edits. `fake` makes the scripted model
+    (default: `scripted_model`, for the GSM8K rows).
     """
     if MODE == "fake":
-        model = scripted_model()
+        model = (fake or scripted_model)()
         return model, model
     if MODE == "local":
         from langchain_gradsum.local_llm import local_chat_model
@@ -138,3 +142,66 @@ def scripted_model() -> ScriptedChatModel:
         raise ValueError(f"unexpected role {role!r}")
 
     return ScriptedChatModel(respond=respond, model_name="scripted-gsm8k")
+
+
+# --- notebook 04: a tiny knowledge base about a made-up city (the model must read it) ---
+
+KB_DOCS = (
+    "The Lumen Bridge over the river Arro opened in 1987 and is 412 metres long.",
+    "Harbor Line trains leave Velmont Central station every 15 minutes.",
+    "A Velmont library card lets you borrow up to 12 books for three weeks.",
+    "Ines Caldera has been mayor of Velmont since 2019; her deputy is Tomas Reyl.",
+    "Velmont's lantern festival is held on the first Saturday of October.",
+    "The Velmont Observatory stands on Mount Sabre, 1240 metres above sea level.",
+    "An adult ticket for the Arro river ferry costs 3 euros; children under 6 ride free.",
+    "The Velmont Herons football club plays its home games at Quarry Park.",
+)
+"""Made-up facts: a model cannot know them, so a right answer comes from retrieval."""
+
+_KB_QA = (
+    ("In which year did the Lumen Bridge open?", "1987"),
+    ("Who is the deputy mayor of Velmont?", "Tomas Reyl"),
+    ("How many books can you borrow with a Velmont library card?", "12"),
+    ("On which mountain does the Velmont Observatory stand?", "Mount Sabre"),
+    ("How long is the Lumen Bridge, in metres?", "412"),
+    ("Who has been mayor of Velmont since 2019?", "Ines Caldera"),
+)
+
+
+def kb_rows() -> list[dict[str, Any]]:
+    """Questions about `KB_DOCS` with short reference answers (scored by exact_match)."""
+    return [{"inputs": {"question": q}, "outputs": {"answer": a}} for q, a in _KB_QA]
+
+
+def scripted_kb_model() -> ScriptedChatModel:
+    """A plausible scripted model for `kb_rows`: it answers right but in a sentence
+    ("According to the notes, ...") until the prompt asks for only the answer; the
+    gradients, summary and edit say so (the edit as one added instruction)."""
+    answers = dict(_KB_QA)
+
+    def respond(text: str, role: str) -> Any:
+        if role == "generate":
+            for question, answer in answers.items():
+                if question in text:
+                    if "only the answer" in text.lower():
+                        return answer
+                    return f"According to the notes, the answer is {answer}."
+            return "I don't know."
+        if role == "judge":
+            return {"reasoning": "Compared with the expected answer.", "score": 0.0}
+        if role == "gradient":
+            return ("The reply has the right fact but wraps it in a sentence ('According to "
+                    "the notes, the answer is ...'), while the expected reply is the short "
+                    "answer alone. The prompt never says what form the reply must take.")
+        if role == "summarize":
+            return ("Tell the assistant to reply with only the answer taken from the "
+                    "context (a name, a number or a year), without a sentence around it.")
+        if role == "edit":
+            instruction = ("Reply with only the answer itself (a name, a number or a year), "
+                           "with no sentence around it.")
+            if "Write the one instruction" in text:
+                return f"<instruction>{instruction}</instruction>"
+            return f"<prompt>{_block(text, 'current_prompt')}\n{instruction}</prompt>"
+        raise ValueError(f"unexpected role {role!r}")
+
+    return ScriptedChatModel(respond=respond, model_name="scripted-kb")

@@ -422,3 +422,64 @@ def test_aoptimize_runs_an_app_too() -> None:
     result = asyncio.run(optimizer(None).aoptimize(chain(model), qa_rows(3)))
     assert result.best_score == 1.0 and result.total_calls == len(model.calls)
     assert result.best_app.invoke({"question": "q1"}) == "B"
+
+
+# --- a LangGraph graph whose system prompt comes from its context -----------------------
+
+
+def test_a_langgraph_graph_reading_its_system_prompt_from_context_is_optimized() -> None:
+    """The pattern of notebook 04: the system prompt is a PromptTemplate step (no
+    placeholder: the question reaches the graph's model in its state), and a function
+    runs the graph with the candidate's text as ``context``. The graph's model is not
+    visible to the optimizer: its calls are counted through the callback."""
+    from dataclasses import dataclass
+    from operator import itemgetter
+    from typing import TypedDict
+
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.runtime import Runtime
+
+    system_text = "You are a helpful assistant."
+    model = scripted(edit=lambda text: f"<instruction>Say {GOOD}.</instruction>")
+
+    @dataclass
+    class AgentContext:
+        system_prompt: str = system_text
+
+    class State(TypedDict):
+        question: str
+        answer: str
+
+    def answer(state: State, runtime: Runtime[AgentContext]) -> dict[str, str]:
+        reply = model.invoke([SystemMessage(runtime.context.system_prompt),
+                              HumanMessage(state["question"])])
+        return {"answer": str(reply.content)}
+
+    builder = StateGraph(State, context_schema=AgentContext)
+    builder.add_node("answer", answer)
+    builder.add_edge(START, "answer")
+    builder.add_edge("answer", END)
+    graph = builder.compile()
+
+    def run_graph(x: dict[str, Any], config: Any) -> str:
+        out = graph.invoke({"question": x["question"]}, config,
+                           context=AgentContext(system_prompt=x["system"].to_string()))
+        return out["answer"]
+
+    system = PromptTemplate.from_template(system_text, name="system")
+    app = {"system": system, "question": itemgetter("question")} | RunnableLambda(run_graph)
+    assert [p.prompt for p in find_prompts(app)] == [system]
+
+    result = optimizer(model).optimize(app, qa_rows(4), qa_rows(2, "v"))
+    assert result.initial_score == 0.0 and result.best_score == 1.0
+    assert result.best_template == f"{system_text}\nSay {GOOD}."  # appended, not replaced
+    assert result.total_calls == len(model.calls)
+    assert result.counters["app_unseen_calls"] == generate_calls(model) > 0
+    assert result.best_app.invoke({"question": "q1"}) == "B"
+    assert app.invoke({"question": "q1"}) == "A" and system.template == system_text
+
+
+def test_a_bare_prompt_with_no_placeholder_is_still_an_error() -> None:
+    with pytest.raises(ValueError, match="no {variables}"):
+        optimizer(scripted()).optimize("Answer the question.", qa_rows(2))

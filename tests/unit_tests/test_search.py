@@ -83,6 +83,38 @@ def test_an_instruction_edit_that_is_a_whole_prompt_is_taken_as_such() -> None:
         "Answer yes or no: {question}"]
 
 
+SYSTEM = "You are a geography expert."
+
+
+def system_state() -> dict[str, Any]:
+    return failing_state(prompt=SYSTEM, candidates={"c0": cand("c0", SYSTEM,
+                                                               summaries={"0": "S"})})
+
+
+def test_an_instruction_for_a_prompt_with_no_placeholder_is_appended_not_taken_whole() -> None:
+    """A system message (of a chat template, or a graph's system prompt in an app) has no
+    placeholder: an instruction must not replace it as if it were a whole prompt."""
+    model = scripted(edit=lambda text: "<instruction>Reply with only the answer.</instruction>")
+    out = edit(system_state(), FakeRuntime(context(model, candidates_per_prompt=1)), {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        f"{SYSTEM}\nReply with only the answer."]
+
+
+def test_a_rewrite_of_a_prompt_with_no_placeholder_is_not_asked_to_keep_one() -> None:
+    model = scripted(edit=lambda text: f"<prompt>{SYSTEM} Reply with the answer only.</prompt>")
+    out = edit(system_state(), FakeRuntime(context(model, candidates_per_prompt=1,
+                                                   instruction_edits=False)), {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        f"{SYSTEM} Reply with the answer only."]
+    ask = edits_of(model)[0]
+    assert "Keep the placeholder" not in ask and "Give instructions that work" in ask
+    # with a placeholder, the rule is there
+    model = scripted()
+    edit(failing_state(), FakeRuntime(context(model, candidates_per_prompt=1,
+                                              instruction_edits=False)), {})
+    assert "Keep the placeholder {question} where the input goes" in edits_of(model)[0]
+
+
 def test_a_rewrite_that_pastes_in_the_evidence_is_rejected() -> None:
     pasted = ("<prompt>Answer {question}. The evaluation measured on the examples: - 2 of 3 "
               "replies fell short of full marks.</prompt>")
