@@ -3,6 +3,7 @@
     gradsum optimize "Answer: {question}" --data train.jsonl --val val.jsonl \\
         --task "grade-school math" --evaluator numeric_match --model local --out run/
     gradsum report run/result.json -o report.html
+    gradsum local run -- CMD ...     # the embedded local model (see `gradsum local --help`)
 
 Exit codes: 0 done, 1 the run failed (what finished is still written), 2 bad
 input (one ``error: ...`` line, no traceback), 130 interrupted (the result so
@@ -28,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from langchain_gradsum._knobs import MODEL_ROLES, Knob, knobs
+from langchain_gradsum.local_llm.cli import app as local_app
 
 __all__ = ["app", "main"]
 
@@ -41,6 +43,8 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+# `gradsum local build|assemble|serve|run|status`: the embedded local model.
+app.add_typer(local_app, name="local")
 
 
 class EvaluatorName(str, Enum):

@@ -80,7 +80,7 @@ def test_assemble_reuses_stamped_file_without_reading_parts(
     def fail(*_: object) -> str:
         raise AssertionError("a stamped model must not be hashed again")
 
-    monkeypatch.setattr(local_llm, "_sha256_of", fail)
+    monkeypatch.setattr(local_llm.parts, "_sha256_of", fail)
     assert _assemble(dest, [tmp_path / "does-not-exist.bin"]) == dest
     assert dest.stat().st_mtime_ns == mtime
 
@@ -122,9 +122,10 @@ def test_find_parts_lists_missing_packages_and_install_command(
 ) -> None:
     present = {1, 2, 5}
     monkeypatch.setattr(
-        local_llm, "_locate_via_spec", lambda n: tmp_path / f"{n}.bin" if n in present else None
+        local_llm.parts, "_locate_via_spec",
+        lambda n: tmp_path / f"{n}.bin" if n in present else None,
     )
-    monkeypatch.setattr(local_llm, "_locate_via_metadata", lambda n: None)
+    monkeypatch.setattr(local_llm.parts, "_locate_via_metadata", lambda n: None)
     with pytest.raises(LocalLLMError) as info:
         local_llm.find_parts()
     message = str(info.value)
@@ -135,7 +136,7 @@ def test_find_parts_lists_missing_packages_and_install_command(
 
 
 def test_find_parts_returns_all_in_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(local_llm, "_locate_via_spec", lambda n: tmp_path / f"{n}.bin")
+    monkeypatch.setattr(local_llm.parts, "_locate_via_spec", lambda n: tmp_path / f"{n}.bin")
     assert local_llm.find_parts() == [tmp_path / f"{n}.bin" for n in range(1, 23)]
 
 
@@ -365,6 +366,26 @@ def test_cli_run_exports_url_and_returns_command_code(
 def test_cli_run_without_command_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
     assert local_llm.main(["run", "--"]) == 1
     assert "needs a command" in capsys.readouterr().err
+
+
+def test_gradsum_local_runs_the_same_commands(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gradsum local ...` is the typer home of the commands; options after CMD are CMD's."""
+    from langchain_gradsum import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["local", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("build", "assemble", "serve", "run", "status"))
+    fake = _FakeServer()
+    monkeypatch.setattr(local_llm, "running_local_llm", fake)
+    script = "import sys; sys.exit(3 if sys.argv[1:] == ['--slots', '9'] else 99)"
+    with pytest.raises(SystemExit) as done:
+        cli.main(["local", "run", "--slots", "2", sys.executable, "-c", script, "--slots", "9"])
+    assert (done.value.code, fake.slots, fake.stopped) == (3, 2, True)
+    assert local_llm.main(["nonsense"]) == 2  # a usage error, as `gradsum` gives
 
 
 def test_default_log_goes_under_model_dir_and_old_logs_are_pruned(tmp_path: Path) -> None:
@@ -663,8 +684,8 @@ class Toolchain:
         monkeypatch.delenv(local_llm.BUILD_DIR_ENV, raising=False)
         monkeypatch.delenv(local_llm.SERVER_BINARY_ENV, raising=False)
         self.sdist = _fake_sdist_bytes()
-        monkeypatch.setattr(local_llm, "SDIST_SHA256", hashlib.sha256(self.sdist).hexdigest())
-        monkeypatch.setattr(local_llm, "_download_sdist", self._download)
+        monkeypatch.setattr(local_llm.build, "SDIST_SHA256", hashlib.sha256(self.sdist).hexdigest())
+        monkeypatch.setattr(local_llm.build, "_download_sdist", self._download)
 
     def _download(self, directory: Path, log: object) -> None:
         self.downloads += 1
@@ -704,7 +725,7 @@ def test_build_configures_pinned_source_installs_verifies_and_stamps(
     assert stamp is not None
     assert stamp["version"] == "4242 (fake)"
     assert stamp["llama_cpp_python"] == local_llm.LLAMA_CPP_PYTHON_VERSION
-    assert stamp["sdist_sha256"] == local_llm.SDIST_SHA256
+    assert stamp["sdist_sha256"] == local_llm.build.SDIST_SHA256
     assert stamp["binary_sha256"] == hashlib.sha256(binary.read_bytes()).hexdigest()
     assert not work.exists()  # sources and objects are removed; the binary is kept
     err = capsys.readouterr().err
@@ -732,7 +753,7 @@ def test_build_reuses_finished_build_and_rebuilds_when_stale(
     local_llm.build_server()  # the binary is not the stamped one: rebuilt
     assert len(toolchain.calls) == 6
 
-    monkeypatch.setattr(local_llm, "_cpu_signature", lambda: "another-cpu")
+    monkeypatch.setattr(local_llm.build, "_cpu_signature", lambda: "another-cpu")
     local_llm.build_server()  # a native build from another kind of CPU: rebuilt
     assert len(toolchain.calls) == 8
 
@@ -769,7 +790,7 @@ def test_build_without_cmake_says_what_to_install(
 def test_build_refuses_sdist_with_wrong_sha256(
     toolchain: Toolchain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(local_llm, "SDIST_SHA256", "0" * 64)
+    monkeypatch.setattr(local_llm.build, "SDIST_SHA256", "0" * 64)
     with pytest.raises(LocalLLMError, match="expected 0{64}: it is not the pinned source"):
         local_llm.build_server()
     assert toolchain.calls == []
@@ -822,7 +843,7 @@ def test_build_whose_binary_does_not_run_is_not_stamped(
     def broken_install(built: Path, dest: Path) -> None:
         _write_script(dest, "import sys; print('Illegal instruction'); sys.exit(132)")
 
-    monkeypatch.setattr(local_llm, "_install_binary", broken_install)
+    monkeypatch.setattr(local_llm.build, "_install_binary", broken_install)
     with pytest.raises(LocalLLMError, match=r"(?s)exit code 132.*Illegal instruction.*--force"):
         local_llm.build_server()
     assert local_llm.read_build_stamp() is None
