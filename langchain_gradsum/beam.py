@@ -15,13 +15,20 @@ from langgraph.runtime import Runtime
 
 from langchain_gradsum.data import minibatch_indices
 from langchain_gradsum.feedback import in_form
-from langchain_gradsum.state import Candidate, GradSumContext, GradSumState, Record, record_key
+from langchain_gradsum.state import (
+    FULL_MARKS,
+    Candidate,
+    GradSumContext,
+    GradSumState,
+    Record,
+    best_by_iteration,
+    record_key,
+    total_calls,
+)
 
 __all__ = ["advance", "affordable", "beam_on_stop", "calls_needed_for_one_iteration",
            "current_batch", "failed_rows", "final_reserve", "iteration_cost", "route",
            "rows_to_score", "select_beam", "stop_reason"]
-
-FULL_MARKS = 1.0 - 1e-9
 
 
 def select_beam(state: GradSumState, beam_width: int, *,
@@ -54,18 +61,9 @@ def form_rate(state: GradSumState, cid: str, rows: Sequence[int]) -> float | Non
     return sum(known) / len(known) if known else None
 
 
-def best_by_iteration(state: GradSumState) -> list[float]:
-    """The best minibatch score seen in each iteration so far."""
-    best: dict[int, float] = {}
-    for cand in state["candidates"].values():
-        for it, score in cand["scores"].items():
-            best[int(it)] = max(best.get(int(it), 0.0), score)
-    return [best[i] for i in sorted(best)]
-
-
 def iterations_without_improvement(state: GradSumState) -> int:
     """How many of the latest iterations did not beat every earlier iteration's best."""
-    bests = best_by_iteration(state)
+    bests = [score for score, _ in best_by_iteration(state["candidates"]).values()]
     stale = 0
     record = None
     for score in bests:
@@ -151,7 +149,7 @@ def affordable(state: GradSumState, ctx: GradSumContext, kept: list[str]) -> int
     one more iteration at its expected cost: all of them without a cap."""
     if ctx.max_llm_calls is None:
         return len(kept)
-    spent = sum(u["calls"] for u in state.get("usage", {}).values())
+    spent = total_calls(state.get("usage"))
     left = ctx.max_llm_calls - spent - final_reserve(state, ctx)
     rate = screen_pass_rate(state)
     n = len(kept)
