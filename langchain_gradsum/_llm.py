@@ -767,7 +767,7 @@ class SharedCalls:
         if not owner:
             if on_shared is not None:
                 on_shared()
-            return future.result()  # type: ignore[no-any-return]
+            return future.result()
         try:
             result = fn()
         except BaseException as e:

@@ -59,7 +59,7 @@ def run_outputs(caller: LLMCaller, ctx: GradSumContext, state: GradSumState,
         cid, split, i = job
         ex = rows_of(state, split)[i]
         if ctx.app is not None:  # a prompt inside a user's app: run the whole app (apps.py)
-            return ctx.app.run(caller, state["candidates"][cid]["template"],  # type: ignore[no-any-return]
+            return ctx.app.run(caller, state["candidates"][cid]["template"],
                                ex["inputs"], record_key(cid, split, i), iteration=iteration,
                                candidate_id=cid, split=split, example=i)
         messages = slot.render(state["candidates"][cid]["template"], ex["inputs"])

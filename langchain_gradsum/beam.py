@@ -221,40 +221,17 @@ def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], l
     """
     it = state["iteration"]
     records = state.get("records", {})
-    cands = dict(state["candidates"])
-    beam = list(state["beam"])
-    screened: dict[str, Candidate] = {}
-    events: list[dict[str, Any]] = []
-    for cid in list(beam):
-        screen = cands[cid].get("screen")
-        if not screen or screen.get("passed") is not None:
-            continue
-        score = mean_score(records, cid, screen["rows"])
-        if score is None:
-            continue
-        passed = score > screen["parent_score"] + 1e-9
-        form = {}
-        if ctx.form_progress and not passed and score >= screen["parent_score"] - 1e-9:
-            # a tie: the child passes if more of its replies take the expected form
-            mine = form_rate(state, cid, screen["rows"])
-            theirs = form_rate(state, cands[cid]["parent_id"] or "c0", screen["rows"])
-            if mine is not None and theirs is not None:
-                form = {"form": mine, "parent_form": theirs}
-                passed = mine > theirs + 1e-9
-        cands[cid] = screened[cid] = {**cands[cid], "screen": {
-            **screen, "score": score, "passed": passed, **form}}
-        events.append({"event": "screened", "candidate": cid, "score": score,
-                       "parent_score": screen["parent_score"], "passed": passed, **form})
-        if not passed:
-            beam.remove(cid)
-    probe: GradSumState = {**state, "candidates": cands, "beam": beam}  # type: ignore[typeddict-item]
+    screened, beam, events = _judge_screens(state, ctx)
+    cands = {**state["candidates"], **screened}
+    probe: GradSumState = {**state, "candidates": cands, "beam": beam}
     if any(_missing(probe, ctx, cid) for cid in beam):
         return {"candidates": screened, "beam": beam}, events
     batch = current_batch(state, ctx)
-    scored = {cid: {**cands[cid], "scores": {**cands[cid]["scores"],
-                                             str(it): mean_score(records, cid, batch)}}
-              for cid in beam}
-    probe = {**probe, "candidates": {**cands, **scored}}  # type: ignore[typeddict-item]
+    scored: dict[str, Candidate] = {
+        cid: {**cands[cid], "scores": {**cands[cid]["scores"],
+                                       str(it): mean_score(records, cid, batch)}}  # type: ignore[dict-item]
+        for cid in beam}
+    probe = {**probe, "candidates": {**cands, **scored}}
     kept = select_beam(probe, ctx.beam_width, form_rows=batch if ctx.form_progress else None)
     reason = stop_reason(probe, ctx, kept)
     if reason is None and not any(failed_rows(records, cid, batch) for cid in kept):
@@ -277,6 +254,40 @@ def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], l
     if reason:
         update["stop_reason"] = reason
     return update, events
+
+
+def _judge_screens(state: GradSumState, ctx: GradSumContext
+                   ) -> tuple[dict[str, Candidate], list[str], list[dict[str, Any]]]:
+    """The children whose screen is now scored, with its outcome; the beam without the
+    ones that failed it; and a ``screened`` event each."""
+    records = state.get("records", {})
+    cands = state["candidates"]
+    beam = list(state["beam"])
+    screened: dict[str, Candidate] = {}
+    events: list[dict[str, Any]] = []
+    for cid in list(beam):
+        screen = cands[cid].get("screen")
+        if not screen or screen.get("passed") is not None:
+            continue
+        score = mean_score(records, cid, screen["rows"])
+        if score is None:
+            continue
+        passed = score > screen["parent_score"] + 1e-9
+        form: dict[str, float] = {}
+        if ctx.form_progress and not passed and score >= screen["parent_score"] - 1e-9:
+            # a tie: the child passes if more of its replies take the expected form
+            mine = form_rate(state, cid, screen["rows"])
+            theirs = form_rate(state, cands[cid]["parent_id"] or "c0", screen["rows"])
+            if mine is not None and theirs is not None:
+                form = {"form": mine, "parent_form": theirs}
+                passed = mine > theirs + 1e-9
+        screened[cid] = {**cands[cid], "screen": {
+            **screen, "score": score, "passed": passed, **form}}  # type: ignore[typeddict-item]
+        events.append({"event": "screened", "candidate": cid, "score": score,
+                       "parent_score": screen["parent_score"], "passed": passed, **form})
+        if not passed:
+            beam.remove(cid)
+    return screened, beam, events
 
 
 def beam_on_stop(state: GradSumState, ctx: GradSumContext) -> list[str]:

@@ -78,8 +78,8 @@ def evidence(
     Everything here is computed, not generated: counts, lengths, the form of the
     expected answers, and the evaluators' own comments on failed rows.
     """
-    recs = [(i, records.get(record_key(candidate_id, "train", i))) for i in rows]
-    recs = [(i, r) for i, r in recs if r is not None and "score" in r]
+    found = [(i, records.get(record_key(candidate_id, "train", i))) for i in rows]
+    recs = [(i, r) for i, r in found if r is not None and "score" in r]
     if not recs:
         return "- (nothing measured yet)"
     failed = [(i, r) for i, r in recs if r["score"] < FULL_MARKS]
@@ -170,7 +170,7 @@ def edit_history(candidates: Mapping[str, Candidate], parent_id: str, *, limit: 
     for cand in candidates.values():
         if cand["parent_id"] != parent_id:
             continue
-        screen = cand.get("screen") or {}
+        screen: Mapping[str, Any] = cand.get("screen") or {}
         why = None
         if screen.get("passed") is False:
             why = (f"it scored {screen.get('score', 0):.2f} on the failed examples it was "

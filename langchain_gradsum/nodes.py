@@ -97,7 +97,7 @@ def evaluate(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
     caller = _caller(state, runtime, config, phase="loop")
     scored, stop = score_outputs(caller, ctx, state, jobs, iteration=it)
     update = {**_node_update(caller, stop), "records": scored}
-    merged: GradSumState = {**state, "records": {**records, **scored},  # type: ignore[typeddict-item]
+    merged: GradSumState = {**state, "records": {**records, **scored},
                             "usage": add_usage(state.get("usage"), caller.usage)}
     if stop:
         return {**update, "beam": beam_mod.beam_on_stop(merged, ctx)}

@@ -65,6 +65,11 @@ class Screen(TypedDict):
     """The child's mean score on `rows` (``None`` until scored)."""
     passed: bool | None
     """Strictly better than the parent on `rows`: only then is it scored further."""
+    form: NotRequired[float]
+    """With ``form_progress``, at a tie: the share of `rows` on which the child's replies
+    take the expected answers' form (`beam.form_rate`)..."""
+    parent_form: NotRequired[float]
+    """... and the parent's: the child passes if its share is higher."""
 
 
 class Candidate(TypedDict):
