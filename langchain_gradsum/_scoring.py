@@ -28,6 +28,7 @@ from langchain_gradsum.state import (
     GradSumContext,
     GradSumState,
     Record,
+    mean_output_tokens,
     parse_record_key,
     record_key,
 )
@@ -195,14 +196,6 @@ def split_score(records: Mapping[str, Record], cid: str, split: str, n: int) -> 
     return sum(scores) / n  # type: ignore[arg-type]
 
 
-def mean_output_tokens(records: Mapping[str, Record], cid: str, split: str, n: int
-                       ) -> float | None:
-    """Mean generated tokens per output of `cid` on `split` (None if not reported)."""
-    counts = [r["output_tokens"] for i in range(n)
-              if "output_tokens" in (r := records.get(record_key(cid, split, i), {}))]
-    return sum(counts) / len(counts) if counts else None
-
-
 def rank_finalists(records: Mapping[str, Record], candidates: Mapping[str, Candidate],
                    finalists: Sequence[str], split: str, n: int, *, prefer_short: bool
                    ) -> tuple[dict[str, Candidate], str, float]:
@@ -219,7 +212,7 @@ def rank_finalists(records: Mapping[str, Record], candidates: Mapping[str, Candi
         if val is None:
             continue
         validated[cid] = {**candidates[cid], "val_score": val}
-        cost = mean_output_tokens(records, cid, split, n) if prefer_short else 0.0
+        cost = mean_output_tokens(records, cid, split) if prefer_short else 0.0
         ranked.append((-round(val, 9), cost or 0.0, rank, cid))
     best_id, best = "c0", -1.0
     if ranked:

@@ -27,9 +27,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from langchain_gradsum.state import (
+    ROLES,
+    best_by_iteration,
+    lineage,
+    parse_record_key,
+    record_key,
+)
+
 __all__ = ["load_result", "render_report", "write_report"]
 
-ROLES = ("generate", "judge", "gradient", "summarize", "edit")
 _CLIP = 600
 # Colour-blind-friendly palette (Okabe-Ito, minus black) for candidate lines.
 _LINEAGE = "#0072B2"
@@ -143,7 +150,7 @@ class _Run:
             if parent not in self.cands:
                 parent = None
             self.children.setdefault(parent, []).append(cid)
-        self.lineage = self._lineage(self.best_id)
+        self.lineage = lineage(self.cands, self.best_id)
         scored = [int(it) for c in self.cands.values() for it in (c.get("scores") or {})]
         written = [int(c.get("iteration") or 0) for c in self.cands.values()]
         self.last_iter = max(scored + written + [int(d.get("iterations") or 0)])
@@ -152,15 +159,6 @@ class _Run:
         ex = examples if examples is not None else self.run.get("examples")
         self.examples: Mapping[str, Any] = ex if isinstance(ex, Mapping) else {}
         self.records: Mapping[str, Any] = d.get("records") or {}
-
-    def _lineage(self, cid: str | None) -> list[str]:
-        chain: list[str] = []
-        seen: set[str] = set()
-        while cid is not None and cid in self.cands and cid not in seen:
-            seen.add(cid)
-            chain.append(cid)
-            cid = self.cands[cid].get("parent_id")
-        return chain[::-1]
 
     def scores(self, cid: str) -> list[tuple[int, float]]:
         out = []
@@ -172,12 +170,8 @@ class _Run:
         return sorted(out)
 
     def best_by_iteration(self) -> list[tuple[int, float, str]]:
-        best: dict[int, tuple[float, str]] = {}
-        for cid in self.ids:
-            for it, s in self.scores(cid):
-                if it not in best or s > best[it][0]:
-                    best[it] = (s, cid)
-        return [(it, s, cid) for it, (s, cid) in sorted(best.items())]
+        best = best_by_iteration({cid: {"scores": dict(self.scores(cid))} for cid in self.ids})
+        return [(it, s, cid) for it, (s, cid) in best.items()]
 
     def final_split(self) -> str | None:
         split = self.d.get("split")
@@ -194,15 +188,14 @@ class _Run:
         finalists = [cid for cid in self.ids if self.cands[cid].get("val_score") is not None]
         rows: set[int] = set()
         for key in self.records:
-            cid, _, rest = str(key).partition("|")
-            sp, _, idx = rest.partition("|")
-            if cid in finalists and sp == split and idx.isdigit():
-                rows.add(int(idx))
+            parsed = parse_record_key(key)
+            if parsed is not None and parsed[0] in finalists and parsed[1] == split:
+                rows.add(parsed[2])
         if split == "val":
             return sorted(rows)
         # Scored on train: only rows every finalist has (the full final pass).
         return sorted(i for i in rows if all(
-            f"{cid}|train|{i}" in self.records for cid in finalists))
+            record_key(cid, "train", i) in self.records for cid in finalists))
 
 
 # --- the page -----------------------------------------------------------------------
@@ -581,7 +574,7 @@ def _validation(run: _Run) -> str:
                       "</div>")
         cells = []
         for c in finalists:
-            rec = run.records.get(f"{c}|{split}|{i}") or {}
+            rec = run.records.get(record_key(c, split, i)) or {}
             score = rec.get("score")
             tip = rec.get("output") if "output" in rec else rec.get("error", "")
             cells.append(f"<td class=\"{_score_cls(score)}\" title=\"{_e(_clip(tip, 400))}\">"
@@ -712,13 +705,13 @@ def _candidate(run: _Run, cid: str) -> str:
 
 
 def _outputs(run: _Run, cid: str) -> str:
-    prefix = f"{cid}|"
     recs = []
     for key, rec in run.records.items():
-        if not str(key).startswith(prefix) or not isinstance(rec, Mapping):
+        parsed = parse_record_key(key)
+        if parsed is None or parsed[0] != cid or not isinstance(rec, Mapping):
             continue
-        _, split, idx = (str(key).split("|") + ["", ""])[:3]
-        recs.append(((split != "train", split, _num(idx)), split, idx, rec))
+        _, split, i = parsed
+        recs.append(((split != "train", split, i), split, str(i), rec))
     if not recs:
         return ""
     recs.sort(key=lambda r: r[0])

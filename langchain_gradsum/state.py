@@ -35,6 +35,7 @@ __all__ = [
     "ROLES",
     "best_by_iteration",
     "lineage",
+    "mean_output_tokens",
     "parse_record_key",
     "record_key",
     "total_calls",
@@ -136,6 +137,16 @@ def parse_record_key(key: str) -> tuple[str, str, int] | None:
     if not (sep and sep2 and index.isdigit()):
         return None
     return cid, split, int(index)
+
+
+def mean_output_tokens(records: Mapping[str, Mapping[str, Any]], candidate_id: str | None,
+                       split: str) -> float | None:
+    """Mean generated tokens per output of a candidate on `split` (``None`` where the
+    provider reported no token counts)."""
+    counts = [r["output_tokens"] for k, r in records.items()
+              if (key := parse_record_key(k)) is not None and key[:2] == (candidate_id, split)
+              and "output_tokens" in r]
+    return sum(counts) / len(counts) if counts else None
 
 
 def total_calls(usage: Mapping[str, Mapping[str, Any]] | None) -> int:
