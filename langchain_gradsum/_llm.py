@@ -14,8 +14,9 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any, NamedTuple, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, message_to_dict, messages_from_dict
@@ -30,7 +31,7 @@ from tenacity import (
 )
 
 from langchain_gradsum._cache import CallCache
-from langchain_gradsum.state import RoleUsage
+from langchain_gradsum.state import GradSumContext, RoleUsage
 
 __all__ = [
     "BudgetExhausted",
@@ -38,10 +39,14 @@ __all__ = [
     "LLMCaller",
     "MalformedReply",
     "RunLedger",
+    "RoleModels",
     "RunStopped",
+    "SharedCalls",
+    "check_failures",
     "is_transient",
     "redact",
     "resolve_model",
+    "role_models",
     "without_sdk_retries",
 ]
 
@@ -331,6 +336,25 @@ def resolve_model(model: str | BaseChatModel, what: str = "model") -> BaseChatMo
             "key set), 'local' for the embedded model, or a BaseChatModel instance."
         ) from None
     return without_sdk_retries(resolved)
+
+
+class RoleModels(NamedTuple):
+    """The chat models of a run, by what they do."""
+
+    task: BaseChatModel
+    """Runs the candidate prompts (role ``generate``)."""
+    judge: BaseChatModel
+    """Scores outputs by the criteria (role ``judge``)."""
+    optimizer: BaseChatModel
+    """Writes the critiques, summaries and edits (roles ``gradient``, ``summarize``, ``edit``)."""
+
+
+def role_models(ctx: GradSumContext) -> RoleModels:
+    """The context's models, resolved; the judge and the optimizer default to the task model."""
+    task = resolve_model(ctx.model, "model")
+    judge = resolve_model(ctx.judge_model, "judge_model") if ctx.judge_model else task
+    opt = resolve_model(ctx.optimizer_model, "optimizer_model") if ctx.optimizer_model else task
+    return RoleModels(task, judge, opt)
 
 
 _NO_RETRY: dict[int, tuple[BaseChatModel, BaseChatModel]] = {}
@@ -698,6 +722,59 @@ class LLMCaller:
             return [safe(i) for i in items]
         with get_executor_for_config(self.config) as ex:
             return list(ex.map(safe, items))
+
+
+def check_failures(caller: LLMCaller, results: Sequence[Any]) -> str | None:
+    """The stop reason of a batch of `LLMCaller.map` results, if any.
+
+    Budget exhaustion stops the run (``"budget"``). A call that failed for good costs only
+    its own candidate or row, counted once in ``failed_calls`` (jobs that shared one judge
+    call share its error). Only when every call failed with an error that is not transient
+    (a wrong key, an unknown model: no point going on) is the error raised.
+    """
+    errors = [r for r in results if isinstance(r, BaseException)]
+    failed = [e for e in errors if not isinstance(e, BudgetExhausted)]
+    if failed:
+        caller.count("failed_calls", len({id(e) for e in failed}))
+    if len(failed) < len(errors):
+        return "budget"
+    if errors and len(errors) == len(results) and not any(is_transient(e) for e in errors):
+        raise errors[0]
+    return None
+
+
+class SharedCalls:
+    """Identical calls in flight at once are made once (like Go's singleflight).
+
+    The first caller of a key makes the call; the others wait for its result, or get its
+    exception (the same object, so the failure counts once). A key is remembered for the
+    life of the object: a later caller of it gets the result at once.
+    """
+
+    def __init__(self) -> None:
+        self._futures: dict[Hashable, Future[Any]] = {}
+        self._lock = threading.Lock()
+
+    def call(self, key: Hashable, fn: Callable[[], T], *,
+             on_shared: Callable[[], object] | None = None) -> T:
+        """`fn()`, or the result of the call already made for `key` (then `on_shared()`
+        is called first)."""
+        with self._lock:
+            future = self._futures.get(key)
+            owner = future is None
+            if future is None:
+                future = self._futures[key] = Future()
+        if not owner:
+            if on_shared is not None:
+                on_shared()
+            return future.result()
+        try:
+            result = fn()
+        except BaseException as e:
+            future.set_exception(e)
+            raise
+        future.set_result(result)
+        return result
 
 
 def _named(model: BaseChatModel, name: str) -> BaseChatModel:

@@ -15,13 +15,20 @@ from langgraph.runtime import Runtime
 
 from langchain_gradsum.data import minibatch_indices
 from langchain_gradsum.feedback import in_form
-from langchain_gradsum.state import Candidate, GradSumContext, GradSumState, Record, record_key
+from langchain_gradsum.state import (
+    FULL_MARKS,
+    Candidate,
+    GradSumContext,
+    GradSumState,
+    Record,
+    best_by_iteration,
+    record_key,
+    total_calls,
+)
 
 __all__ = ["advance", "affordable", "beam_on_stop", "calls_needed_for_one_iteration",
            "current_batch", "failed_rows", "final_reserve", "iteration_cost", "route",
            "rows_to_score", "select_beam", "stop_reason"]
-
-FULL_MARKS = 1.0 - 1e-9
 
 
 def select_beam(state: GradSumState, beam_width: int, *,
@@ -54,18 +61,9 @@ def form_rate(state: GradSumState, cid: str, rows: Sequence[int]) -> float | Non
     return sum(known) / len(known) if known else None
 
 
-def best_by_iteration(state: GradSumState) -> list[float]:
-    """The best minibatch score seen in each iteration so far."""
-    best: dict[int, float] = {}
-    for cand in state["candidates"].values():
-        for it, score in cand["scores"].items():
-            best[int(it)] = max(best.get(int(it), 0.0), score)
-    return [best[i] for i in sorted(best)]
-
-
 def iterations_without_improvement(state: GradSumState) -> int:
     """How many of the latest iterations did not beat every earlier iteration's best."""
-    bests = best_by_iteration(state)
+    bests = [score for score, _ in best_by_iteration(state["candidates"]).values()]
     stale = 0
     record = None
     for score in bests:
@@ -151,7 +149,7 @@ def affordable(state: GradSumState, ctx: GradSumContext, kept: list[str]) -> int
     one more iteration at its expected cost: all of them without a cap."""
     if ctx.max_llm_calls is None:
         return len(kept)
-    spent = sum(u["calls"] for u in state.get("usage", {}).values())
+    spent = total_calls(state.get("usage"))
     left = ctx.max_llm_calls - spent - final_reserve(state, ctx)
     rate = screen_pass_rate(state)
     n = len(kept)
@@ -223,40 +221,17 @@ def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], l
     """
     it = state["iteration"]
     records = state.get("records", {})
-    cands = dict(state["candidates"])
-    beam = list(state["beam"])
-    screened: dict[str, Candidate] = {}
-    events: list[dict[str, Any]] = []
-    for cid in list(beam):
-        screen = cands[cid].get("screen")
-        if not screen or screen.get("passed") is not None:
-            continue
-        score = mean_score(records, cid, screen["rows"])
-        if score is None:
-            continue
-        passed = score > screen["parent_score"] + 1e-9
-        form = {}
-        if ctx.form_progress and not passed and score >= screen["parent_score"] - 1e-9:
-            # a tie: the child passes if more of its replies take the expected form
-            mine = form_rate(state, cid, screen["rows"])
-            theirs = form_rate(state, cands[cid]["parent_id"] or "c0", screen["rows"])
-            if mine is not None and theirs is not None:
-                form = {"form": mine, "parent_form": theirs}
-                passed = mine > theirs + 1e-9
-        cands[cid] = screened[cid] = {**cands[cid], "screen": {
-            **screen, "score": score, "passed": passed, **form}}
-        events.append({"event": "screened", "candidate": cid, "score": score,
-                       "parent_score": screen["parent_score"], "passed": passed, **form})
-        if not passed:
-            beam.remove(cid)
-    probe: GradSumState = {**state, "candidates": cands, "beam": beam}  # type: ignore[typeddict-item]
+    screened, beam, events = _judge_screens(state, ctx)
+    cands = {**state["candidates"], **screened}
+    probe: GradSumState = {**state, "candidates": cands, "beam": beam}
     if any(_missing(probe, ctx, cid) for cid in beam):
         return {"candidates": screened, "beam": beam}, events
     batch = current_batch(state, ctx)
-    scored = {cid: {**cands[cid], "scores": {**cands[cid]["scores"],
-                                             str(it): mean_score(records, cid, batch)}}
-              for cid in beam}
-    probe = {**probe, "candidates": {**cands, **scored}}  # type: ignore[typeddict-item]
+    scored: dict[str, Candidate] = {
+        cid: {**cands[cid], "scores": {**cands[cid]["scores"],
+                                       str(it): mean_score(records, cid, batch)}}  # type: ignore[dict-item]
+        for cid in beam}
+    probe = {**probe, "candidates": {**cands, **scored}}
     kept = select_beam(probe, ctx.beam_width, form_rows=batch if ctx.form_progress else None)
     reason = stop_reason(probe, ctx, kept)
     if reason is None and not any(failed_rows(records, cid, batch) for cid in kept):
@@ -279,6 +254,40 @@ def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], l
     if reason:
         update["stop_reason"] = reason
     return update, events
+
+
+def _judge_screens(state: GradSumState, ctx: GradSumContext
+                   ) -> tuple[dict[str, Candidate], list[str], list[dict[str, Any]]]:
+    """The children whose screen is now scored, with its outcome; the beam without the
+    ones that failed it; and a ``screened`` event each."""
+    records = state.get("records", {})
+    cands = state["candidates"]
+    beam = list(state["beam"])
+    screened: dict[str, Candidate] = {}
+    events: list[dict[str, Any]] = []
+    for cid in list(beam):
+        screen = cands[cid].get("screen")
+        if not screen or screen.get("passed") is not None:
+            continue
+        score = mean_score(records, cid, screen["rows"])
+        if score is None:
+            continue
+        passed = score > screen["parent_score"] + 1e-9
+        form: dict[str, float] = {}
+        if ctx.form_progress and not passed and score >= screen["parent_score"] - 1e-9:
+            # a tie: the child passes if more of its replies take the expected form
+            mine = form_rate(state, cid, screen["rows"])
+            theirs = form_rate(state, cands[cid]["parent_id"] or "c0", screen["rows"])
+            if mine is not None and theirs is not None:
+                form = {"form": mine, "parent_form": theirs}
+                passed = mine > theirs + 1e-9
+        screened[cid] = {**cands[cid], "screen": {
+            **screen, "score": score, "passed": passed, **form}}  # type: ignore[typeddict-item]
+        events.append({"event": "screened", "candidate": cid, "score": score,
+                       "parent_score": screen["parent_score"], "passed": passed, **form})
+        if not passed:
+            beam.remove(cid)
+    return screened, beam, events
 
 
 def beam_on_stop(state: GradSumState, ctx: GradSumContext) -> list[str]:

@@ -13,6 +13,7 @@ far is written).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
@@ -118,7 +119,7 @@ def _prompt_variables(template: str) -> list[str]:
     return variables
 
 
-def _models(specs: dict[str, str | None], stack: contextlib.ExitStack) -> dict[str, Any]:
+def _open_models(specs: dict[str, str | None], stack: contextlib.ExitStack) -> dict[str, Any]:
     """Model objects or strings for GradSumOptimizer; ``local`` starts the embedded
     server once (or reuses ``$GRADSUM_LOCAL_BASE_URL``) for every role that asks."""
     resolved: dict[str, Any] = {}
@@ -379,77 +380,98 @@ def _root(
     """GRAD-SUM prompt optimization from the command line."""
 
 
+# The options of `optimize` that are not derived from a knob (see `_with_knob_options`).
+_Data = Annotated[Path, typer.Option(
+    "--data", "-d", help="Training rows: JSONL, one {\"inputs\": {...}, \"outputs\": "
+    "{...}} per line; or the name or id of a LangSmith dataset (its train split, and "
+    "its validation split as --val, when it has them).", show_default=False,
+    dir_okay=False, metavar="FILE")]
+_Prompt = Annotated[str | None, typer.Argument(
+    help="The prompt template to optimize, with {variables} named like the data's inputs; "
+    "or @FILE to read it from a file (@- reads stdin). Left out with --app.",
+    show_default=False, metavar="PROMPT")]
+_Model = Annotated[str | None, typer.Option(
+    "--model", "-m", help="Task model: 'provider:model' (e.g. openai:gpt-4o-mini) or "
+    "'local' for the embedded Qwen2.5-Coder-1.5B server (started for the run, or "
+    "$GRADSUM_LOCAL_BASE_URL). With --app: optional, the judge and optimizer model "
+    "(default: the app's own).", show_default=False, metavar="MODEL")]
+_App = Annotated[str | None, typer.Option(
+    "--app", help="Optimize the prompt inside a LangChain app (a Runnable such as "
+    "prompt | model | parser), loaded as module:attribute from an importable module; "
+    "each candidate runs as the whole app.", show_default=False,
+    metavar="MODULE:ATTR")]
+_Target = Annotated[str | None, typer.Option(
+    "--target", help="With --app: the name of the prompt to optimize, when the app "
+    "holds several.", show_default=False, metavar="NAME")]
+_InputKey = Annotated[str | None, typer.Option(
+    "--input-key", help="With --app: invoke the app with this input of each row "
+    "(e.g. question) instead of the row's inputs dict.", show_default=False,
+    metavar="KEY")]
+_Val = Annotated[Path | None, typer.Option(
+    "--val", help="Validation rows (JSONL, or a LangSmith dataset) to pick the final "
+    "prompt on; default: the training rows.", dir_okay=False, metavar="FILE")]
+_Task = Annotated[str, typer.Option(
+    "--task", "-t", help=_help("task_description", " Or @FILE."),
+    metavar="TEXT")]
+_Criteria = Annotated[str | None, typer.Option(
+    "--criteria", "-c", help="Criteria for the LLM judge, scored 0..1 (or @FILE). Give "
+    "--criteria, --evaluator, or both (scores are averaged).", metavar="TEXT")]
+_Evaluator = Annotated[list[EvaluatorName] | None, typer.Option(
+    "--evaluator", "-e", help="Built-in programmatic evaluator: numeric_match, exact_match, "
+    "contains_answer or choice_match; repeat for several.",
+    case_sensitive=False, metavar="NAME")]
+_JudgeModel = Annotated[str | None, typer.Option(
+    "--judge-model", help=_help("judge_model"),
+    metavar="MODEL")]
+_OptimizerModel = Annotated[str | None, typer.Option(
+    "--optimizer-model", help=_help("optimizer_model"),
+    metavar="MODEL")]
+_MetaPrompts = Annotated[Path | None, typer.Option(
+    "--meta-prompts", help="A JSON object overriding any of the meta-prompts (keys: "
+    "judge, gradient, summarize, edit, edit_instruction, edit_variants, edit_retry).",
+    dir_okay=False, show_default=False, metavar="FILE")]
+_Out = Annotated[Path | None, typer.Option(
+    "--out", "-o", help="Directory to write result.json and report.html into.",
+    file_okay=False, show_default=False, metavar="DIR")]
+_Checkpoint = Annotated[str | None, typer.Option(
+    "--checkpoint", help="Persist the run in this SQLite file (or a postgresql:// "
+    "database); run the same command again to resume after a crash (finished calls "
+    "are not repeated) or to get a finished run's result.", show_default=False,
+    metavar="FILE|URL")]
+_Cache = Annotated[str | None, typer.Option(
+    "--cache", help="Answer identical LLM calls from this SQLite file or postgresql:// "
+    "database (default with --checkpoint: the checkpoint's).", show_default=False,
+    metavar="FILE|URL")]
+_StopFile = Annotated[Path | None, typer.Option(
+    "--stop-file", help="If this file appears, stop at the next safe point and keep "
+    "the best prompt so far (like Ctrl-C).", dir_okay=False, show_default=False,
+    metavar="FILE")]
+_Quiet = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No progress output; only the summary.")]
+
+
 @app.command()
 @_with_knob_options
 def optimize(
-    data: Annotated[Path, typer.Option(
-        "--data", "-d", help="Training rows: JSONL, one {\"inputs\": {...}, \"outputs\": "
-        "{...}} per line; or the name or id of a LangSmith dataset (its train split, and "
-        "its validation split as --val, when it has them).", show_default=False,
-        dir_okay=False, metavar="FILE")],
-    prompt: Annotated[str | None, typer.Argument(
-        help="The prompt template to optimize, with {variables} named like the data's inputs; "
-        "or @FILE to read it from a file (@- reads stdin). Left out with --app.",
-        show_default=False, metavar="PROMPT")] = None,
-    model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="Task model: 'provider:model' (e.g. openai:gpt-4o-mini) or "
-        "'local' for the embedded Qwen2.5-Coder-1.5B server (started for the run, or "
-        "$GRADSUM_LOCAL_BASE_URL). With --app: optional, the judge and optimizer model "
-        "(default: the app's own).", show_default=False, metavar="MODEL")] = None,
-    app_spec: Annotated[str | None, typer.Option(
-        "--app", help="Optimize the prompt inside a LangChain app (a Runnable such as "
-        "prompt | model | parser), loaded as module:attribute from an importable module; "
-        "each candidate runs as the whole app.", show_default=False,
-        metavar="MODULE:ATTR")] = None,
-    target: Annotated[str | None, typer.Option(
-        "--target", help="With --app: the name of the prompt to optimize, when the app "
-        "holds several.", show_default=False, metavar="NAME")] = None,
-    input_key: Annotated[str | None, typer.Option(
-        "--input-key", help="With --app: invoke the app with this input of each row "
-        "(e.g. question) instead of the row's inputs dict.", show_default=False,
-        metavar="KEY")] = None,
-    val: Annotated[Path | None, typer.Option(
-        "--val", help="Validation rows (JSONL, or a LangSmith dataset) to pick the final "
-        "prompt on; default: the training rows.", dir_okay=False, metavar="FILE")] = None,
-    task: Annotated[str, typer.Option(
-        "--task", "-t", help=_help("task_description", " Or @FILE."),
-        metavar="TEXT")] = "",
-    criteria: Annotated[str | None, typer.Option(
-        "--criteria", "-c", help="Criteria for the LLM judge, scored 0..1 (or @FILE). Give "
-        "--criteria, --evaluator, or both (scores are averaged).", metavar="TEXT")] = None,
-    evaluator: Annotated[list[EvaluatorName] | None, typer.Option(
-        "--evaluator", "-e", help="Built-in programmatic evaluator: numeric_match, exact_match, "
-        "contains_answer or choice_match; repeat for several.",
-        case_sensitive=False, metavar="NAME")] = None,
-    judge_model: Annotated[str | None, typer.Option(
-        "--judge-model", help=_help("judge_model"),
-        metavar="MODEL")] = None,
-    optimizer_model: Annotated[str | None, typer.Option(
-        "--optimizer-model", help=_help("optimizer_model"),
-        metavar="MODEL")] = None,
-    meta_prompts: Annotated[Path | None, typer.Option(
-        "--meta-prompts", help="A JSON object overriding any of the meta-prompts (keys: "
-        "judge, gradient, summarize, edit, edit_instruction, edit_variants, edit_retry).",
-        dir_okay=False, show_default=False, metavar="FILE")] = None,
+    data: _Data,
+    prompt: _Prompt = None,
+    model: _Model = None,
+    app_spec: _App = None,
+    target: _Target = None,
+    input_key: _InputKey = None,
+    val: _Val = None,
+    task: _Task = "",
+    criteria: _Criteria = None,
+    evaluator: _Evaluator = None,
+    judge_model: _JudgeModel = None,
+    optimizer_model: _OptimizerModel = None,
+    meta_prompts: _MetaPrompts = None,
     knobs: dict[str, Any] | None = None,  # the other knobs' options, in this place
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Directory to write result.json and report.html into.",
-        file_okay=False, show_default=False, metavar="DIR")] = None,
-    checkpoint: Annotated[str | None, typer.Option(
-        "--checkpoint", help="Persist the run in this SQLite file (or a postgresql:// "
-        "database); run the same command again to resume after a crash (finished calls "
-        "are not repeated) or to get a finished run's result.", show_default=False,
-        metavar="FILE|URL")] = None,
-    cache: Annotated[str | None, typer.Option(
-        "--cache", help="Answer identical LLM calls from this SQLite file or postgresql:// "
-        "database (default with --checkpoint: the checkpoint's).", show_default=False,
-        metavar="FILE|URL")] = None,
-    stop_file: Annotated[Path | None, typer.Option(
-        "--stop-file", help="If this file appears, stop at the next safe point and keep "
-        "the best prompt so far (like Ctrl-C).", dir_okay=False, show_default=False,
-        metavar="FILE")] = None,
-    quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="No progress output; only the summary.")] = False,
+    out: _Out = None,
+    checkpoint: _Checkpoint = None,
+    cache: _Cache = None,
+    stop_file: _StopFile = None,
+    quiet: _Quiet = False,
 ) -> None:
     """Optimize PROMPT on --data; write result.json and report.html with --out.
 
@@ -466,88 +488,21 @@ def optimize(
     """
     console = Console(highlight=False, soft_wrap=True)
     try:
-        loaded = _app_arg(app_spec, prompt, model, target, input_key)  # None without --app
-        template = _text_arg(prompt, "prompt")
-        task_text = _text_arg(task, "--task") or ""
-        criteria_text = _text_arg(criteria, "--criteria")
-        if loaded is None and (not template or not template.strip()):
-            raise InputError("the prompt is empty")
-        from langchain_gradsum.data import check_variables, load_splits
-
-        train_rows, val_split = load_splits(str(data), str(val) if val is not None else None,
-                                            names=("--data", "--val"))
-        val_rows = val_split or None
-        if loaded is None:  # an app's prompt is checked by the optimizer (_check_settings)
-            variables = _prompt_variables(template)  # type: ignore[arg-type]
-            check_variables(train_rows, variables, "--data")
-            if val_rows:
-                check_variables(val_rows, variables, "--val")
-        knobs = {**(knobs or {}), "task_description": task_text,
-                 "criteria": criteria_text or None,
-                 "evaluators": _evaluators(list(evaluator or []))}
-        if meta_prompts is not None:
-            knobs["meta_prompts"] = _meta_prompts(meta_prompts)
-        app_args: dict[str, Any] = (
-            {"target": target, "input_key": input_key} if loaded is not None else {})
-        _check_settings(knobs, loaded or template, train_rows, val_rows, **app_args)
+        run = _read_run(data, prompt, app_spec=app_spec, model=model, target=target,
+                        input_key=input_key, val=val, task=task, criteria=criteria,
+                        evaluator=evaluator, meta_prompts=meta_prompts, knobs=knobs)
     except (ValueError, TypeError) as e:
         raise _fail(str(e)) from None
-
-    from langchain_gradsum.optimizer import GradSumOptimizer, OptimizationError
-
     specs = {"model": model, "judge_model": judge_model, "optimizer_model": optimizer_model}
-    result = None
-    failure: BaseException | None = None
-    with contextlib.ExitStack() as stack:
-        try:
-            models = _models(specs, stack)
-            optimizer = GradSumOptimizer(models["model"], judge_model=models["judge_model"],
-                                         optimizer_model=models["optimizer_model"], **knobs)
-        except (ValueError, TypeError) as e:
-            raise _fail(str(e)) from None
-        except Exception as e:  # the local server could not start, etc.
-            raise _fail(f"{type(e).__name__}: {e}", 1) from None
-        if not quiet:
-            console.print(
-                f"gradsum: {len(train_rows)} training rows"
-                + (f", {len(val_rows)} validation rows" if val_rows else "")
-                + (f" · app {app_spec}" if app_spec else "")
-                + (f" · model {model}" if model else "")
-                + (" · tracing to LangSmith" if _tracing_enabled() else ""),
-                markup=False,
-            )
-        settings = optimizer.settings
-        view = ProgressView(console, max_iterations=settings["max_iterations"],
-                            budget=settings["max_llm_calls"], quiet=quiet)
-        try:
-            with view:
-                result = optimizer.optimize(loaded or template, train_rows, val_rows,
-                                            on_event=view, checkpoint=checkpoint, cache=cache,
-                                            stop_file=stop_file, **app_args)
-                view.finish(result.total_calls)
-        except (ValueError, TypeError) as e:
-            raise _fail(str(e)) from None
-        except OptimizationError as e:
-            failure = e
-            result = e.partial_result
-        except KeyboardInterrupt as e:  # a second Ctrl-C, or one outside the graph
-            failure = e
+    result, failure, optimizer = _run_optimizer(
+        console, run, specs, quiet=quiet, checkpoint=checkpoint, cache=cache,
+        stop_file=stop_file)
     if _tracing_enabled():
         _flush_traces()
-
-    run_info = {
-        "command": "gradsum optimize",
-        "models": {k: v for k, v in specs.items() if v is not None},
-        **({"app": app_spec, "target": target, "input_key": input_key} if app_spec else {}),
-        "settings": {k: v for k, v in optimizer.describe_settings().items()
-                     if k not in (*MODEL_ROLES, "meta_prompts")},
-        "data": {"train": str(data), **({"val": str(val)} if val is not None else {})},
-        "examples": {"train": train_rows, **({"val": val_rows} if val_rows else {})},
-    }
     written: list[Path] = []
     if result is not None and out is not None:
         try:
-            written = _write_outputs(result, run_info, out)
+            written = _write_outputs(result, _run_info(run, specs, optimizer), out)
         except OSError as e:
             raise _fail(f"cannot write to {str(out)!r}: {e}", 1) from None
     if result is not None:
@@ -558,6 +513,121 @@ def optimize(
         raise _fail(str(failure), 1)
     if result is not None and result.stop_reason == "interrupted":
         raise typer.Exit(130)
+
+
+@dataclasses.dataclass
+class _CliRun:
+    """What ``gradsum optimize`` was asked to do, read and checked."""
+
+    data: Path
+    val: Path | None
+    template: Any
+    """The prompt text, or the app of ``--app``."""
+    train_rows: list[Any]
+    val_rows: list[Any] | None
+    knobs: dict[str, Any]
+    app_spec: str | None
+    app_args: dict[str, Any]
+    """``target`` and ``input_key`` with ``--app``."""
+    model: str | None
+
+
+def _read_run(data: Path, prompt: str | None, *, app_spec: str | None, model: str | None,
+              target: str | None, input_key: str | None, val: Path | None, task: str,
+              criteria: str | None, evaluator: list[EvaluatorName] | None,
+              meta_prompts: Path | None, knobs: dict[str, Any] | None) -> _CliRun:
+    """The prompt (or app), data and knobs, checked now (before a local server starts)."""
+    loaded = _app_arg(app_spec, prompt, model, target, input_key)  # None without --app
+    template = _text_arg(prompt, "prompt")
+    task_text = _text_arg(task, "--task") or ""
+    criteria_text = _text_arg(criteria, "--criteria")
+    if loaded is None and (not template or not template.strip()):
+        raise InputError("the prompt is empty")
+    from langchain_gradsum.data import check_variables, load_splits
+
+    train_rows, val_split = load_splits(str(data), str(val) if val is not None else None,
+                                        names=("--data", "--val"))
+    val_rows = val_split or None
+    if loaded is None:  # an app's prompt is checked by the optimizer (_check_settings)
+        variables = _prompt_variables(template)  # type: ignore[arg-type]
+        check_variables(train_rows, variables, "--data")
+        if val_rows:
+            check_variables(val_rows, variables, "--val")
+    knobs = {**(knobs or {}), "task_description": task_text,
+             "criteria": criteria_text or None,
+             "evaluators": _evaluators(list(evaluator or []))}
+    if meta_prompts is not None:
+        knobs["meta_prompts"] = _meta_prompts(meta_prompts)
+    app_args: dict[str, Any] = (
+        {"target": target, "input_key": input_key} if loaded is not None else {})
+    _check_settings(knobs, loaded or template, train_rows, val_rows, **app_args)
+    return _CliRun(data=data, val=val, template=loaded or template, train_rows=train_rows,
+                   val_rows=val_rows, knobs=knobs, app_spec=app_spec, app_args=app_args,
+                   model=model)
+
+
+def _run_optimizer(console: Console, run: _CliRun, specs: dict[str, str | None], *,
+                   quiet: bool, checkpoint: str | None, cache: str | None,
+                   stop_file: Path | None) -> tuple[Any, BaseException | None, Any]:
+    """Run the optimizer with live progress: (result or None, failure or None, optimizer).
+
+    The local server of ``--model local`` runs for the length of the run."""
+    from langchain_gradsum.optimizer import GradSumOptimizer, OptimizationError
+
+    result = None
+    failure: BaseException | None = None
+    with contextlib.ExitStack() as stack:
+        try:
+            models = _open_models(specs, stack)
+            optimizer = GradSumOptimizer(models["model"], judge_model=models["judge_model"],
+                                         optimizer_model=models["optimizer_model"], **run.knobs)
+        except (ValueError, TypeError) as e:
+            raise _fail(str(e)) from None
+        except Exception as e:  # the local server could not start, etc.
+            raise _fail(f"{type(e).__name__}: {e}", 1) from None
+        if not quiet:
+            _print_header(console, run)
+        settings = optimizer.settings
+        view = ProgressView(console, max_iterations=settings["max_iterations"],
+                            budget=settings["max_llm_calls"], quiet=quiet)
+        try:
+            with view:
+                result = optimizer.optimize(run.template, run.train_rows, run.val_rows,
+                                            on_event=view, checkpoint=checkpoint, cache=cache,
+                                            stop_file=stop_file, **run.app_args)
+                view.finish(result.total_calls)
+        except (ValueError, TypeError) as e:
+            raise _fail(str(e)) from None
+        except OptimizationError as e:
+            failure = e
+            result = e.partial_result
+        except KeyboardInterrupt as e:  # a second Ctrl-C, or one outside the graph
+            failure = e
+    return result, failure, optimizer
+
+
+def _print_header(console: Console, run: _CliRun) -> None:
+    console.print(
+        f"gradsum: {len(run.train_rows)} training rows"
+        + (f", {len(run.val_rows)} validation rows" if run.val_rows else "")
+        + (f" · app {run.app_spec}" if run.app_spec else "")
+        + (f" · model {run.model}" if run.model else "")
+        + (" · tracing to LangSmith" if _tracing_enabled() else ""),
+        markup=False,
+    )
+
+
+def _run_info(run: _CliRun, specs: dict[str, str | None], optimizer: Any) -> dict[str, Any]:
+    """The ``run`` entry of result.json: the command, its models, settings and data."""
+    return {
+        "command": "gradsum optimize",
+        "models": {k: v for k, v in specs.items() if v is not None},
+        **({"app": run.app_spec, **run.app_args} if run.app_spec else {}),
+        "settings": {k: v for k, v in optimizer.describe_settings().items()
+                     if k not in (*MODEL_ROLES, "meta_prompts")},
+        "data": {"train": str(run.data), **({"val": str(run.val)} if run.val is not None else {})},
+        "examples": {"train": run.train_rows, **({"val": run.val_rows} if run.val_rows else {})},
+    }
 
 
 def _check_settings(knobs: dict[str, Any], template: Any, train_rows: list[Any],

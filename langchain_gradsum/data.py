@@ -130,16 +130,9 @@ def load_splits(train: DataLike, val: DataLike | None, *,
 
     if train_src is not None:
         train_all = examples(train_src, train_name)
-        split_names = {s for _, splits in train_all for s in splits}
-        if train_src.splits:
-            train_rows = [ex for ex, _ in train_all]
-        elif "train" in split_names:
-            train_rows = [ex for ex, splits in train_all if "train" in splits]
-        else:
-            train_rows = [ex for ex, splits in train_all
-                          if not set(splits) & set(HELD_OUT_SPLITS)]
-        val_split = next((v for v in VAL_SPLITS if v in split_names), None)
+        train_rows = _train_part(train_all, train_src)
         if val is None:
+            val_split = _val_split(train_all)
             val_rows = [ex for ex, splits in train_all if val_split in splits] \
                 if val_split and not train_src.splits else []
             return _normalized(train_rows, train_name, train_src), \
@@ -149,24 +142,51 @@ def load_splits(train: DataLike, val: DataLike | None, *,
         train_out = load_examples(train, name=train_name)
     if val_src is None:
         return train_out, load_examples(val, name=val_name)  # type: ignore[arg-type]
-    val_all = examples(val_src, val_name)
-    split_names = {s for _, splits in val_all for s in splits}
-    val_split = next((v for v in VAL_SPLITS if v in split_names), None)
-    if val_src.splits:
-        val_rows = [ex for ex, _ in val_all]
-    elif val_split:
-        val_rows = [ex for ex, splits in val_all if val_split in splits]
-    elif train_src is not None and _same(train_src, val_src):
+    also_train = train_src is not None and _same(train_src, val_src)
+    val_rows = _val_part(examples(val_src, val_name), val_src, also_train=also_train,
+                         names=names)
+    return train_out, _normalized(val_rows, val_name, val_src)
+
+
+def _split_names(rows: list[tuple[Any, list[str]]]) -> set[str]:
+    return {s for _, splits in rows for s in splits}
+
+
+def _val_split(rows: list[tuple[Any, list[str]]]) -> str | None:
+    """The first of `VAL_SPLITS` the rows have."""
+    split_names = _split_names(rows)
+    return next((v for v in VAL_SPLITS if v in split_names), None)
+
+
+def _train_part(rows: list[tuple[Any, list[str]]], src: LangSmithDataset) -> list[Any]:
+    """The training rows of a dataset given as `train` (the rules of `load_splits`)."""
+    if src.splits:
+        return [ex for ex, _ in rows]
+    if "train" in _split_names(rows):
+        return [ex for ex, splits in rows if "train" in splits]
+    return [ex for ex, splits in rows if not set(splits) & set(HELD_OUT_SPLITS)]
+
+
+def _val_part(rows: list[tuple[Any, list[str]]], src: LangSmithDataset, *, also_train: bool,
+              names: tuple[str, str]) -> list[Any]:
+    """The validation rows of a dataset given as `val` (the rules of `load_splits`);
+    `also_train`: it is the training dataset too."""
+    val_split = _val_split(rows)
+    if src.splits:
+        return [ex for ex, _ in rows]
+    if val_split:
+        return [ex for ex, splits in rows if val_split in splits]
+    if also_train:
+        train_name, val_name = names
         raise ValueError(
-            f"{val_name} is the {val_src.label()}, as {train_name} is, and it has no "
+            f"{val_name} is the {src.label()}, as {train_name} is, and it has no "
             "validation split "
-            f"({', '.join(repr(v) for v in VAL_SPLITS)}; its splits: {sorted(split_names)}): "
+            f"({', '.join(repr(v) for v in VAL_SPLITS)}; its splits: "
+            f"{sorted(_split_names(rows))}): "
             f"give {val_name} another dataset, or name the splits with "
             "LangSmithDataset(..., splits=[...])"
         )
-    else:
-        val_rows = [ex for ex, _ in val_all]
-    return train_out, _normalized(val_rows, val_name, val_src)
+    return [ex for ex, _ in rows]
 
 
 def langsmith_source(data: Any) -> LangSmithDataset | None:

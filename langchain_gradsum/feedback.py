@@ -4,7 +4,8 @@ Pure functions of the state: the measured facts about a candidate's outputs on t
 current batch (how many failed, whether the expected answer was in the reply but in
 the wrong form, how long replies are, what form expected answers take, what the
 evaluators said), the kinds of mistake its critiques name, and the earlier edits of
-the same prompt that did not help.
+the same prompt that did not help. Also how a data row is shown in the meta-prompts
+(`show_inputs`, `show_reference`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from langchain_gradsum.prompts import MISTAKE_KINDS
-from langchain_gradsum.state import Candidate, Example, Record, record_key
+from langchain_gradsum.state import FULL_MARKS, Candidate, Example, Record, record_key
 
-__all__ = ["answer_shape", "critique_kind", "edit_history", "evidence", "in_form", "kind_counts"]
+__all__ = ["answer_shape", "clip_shown", "critique_kind", "edit_history", "evidence", "in_form",
+           "kind_counts", "show_inputs", "show_reference"]
 
-FULL_MARKS = 1.0 - 1e-9
+SHOW_LIMIT = 2000
+"""Characters of one value (an input, a reference, an output) a meta-prompt shows."""
+
 _KIND = re.compile(r"^\W*kind\W*[:\-]\s*\**\s*([a-z]+)", re.I | re.M)
 _WORD = re.compile(r"[^\w\s]")
 
@@ -73,8 +78,8 @@ def evidence(
     Everything here is computed, not generated: counts, lengths, the form of the
     expected answers, and the evaluators' own comments on failed rows.
     """
-    recs = [(i, records.get(record_key(candidate_id, "train", i))) for i in rows]
-    recs = [(i, r) for i, r in recs if r is not None and "score" in r]
+    found = [(i, records.get(record_key(candidate_id, "train", i))) for i in rows]
+    recs = [(i, r) for i, r in found if r is not None and "score" in r]
     if not recs:
         return "- (nothing measured yet)"
     failed = [(i, r) for i, r in recs if r["score"] < FULL_MARKS]
@@ -165,7 +170,7 @@ def edit_history(candidates: Mapping[str, Candidate], parent_id: str, *, limit: 
     for cand in candidates.values():
         if cand["parent_id"] != parent_id:
             continue
-        screen = cand.get("screen") or {}
+        screen: Mapping[str, Any] = cand.get("screen") or {}
         why = None
         if screen.get("passed") is False:
             why = (f"it scored {screen.get('score', 0):.2f} on the failed examples it was "
@@ -184,3 +189,32 @@ def edit_history(candidates: Mapping[str, Candidate], parent_id: str, *, limit: 
         return ""
     return ("\nEarlier edits of this prompt that did not help (do not repeat them):\n"
             + "\n".join(lines[-limit:]) + "\n")
+
+
+# --- how a row is shown in the meta-prompts --------------------------------------------
+
+
+def clip_shown(text: str, limit: int = SHOW_LIMIT) -> str:
+    """`text` as a meta-prompt shows it: cut at `limit` characters, saying so."""
+    return text if len(text) <= limit else text[:limit] + " …(truncated)"
+
+
+def _show(values: Mapping[str, Any]) -> str:
+    if len(values) == 1:
+        return clip_shown(str(next(iter(values.values()))))
+    return "\n".join(f"{k}: {clip_shown(str(v))}" for k, v in values.items())
+
+
+def show_inputs(ex: Example) -> str:
+    """A row's inputs: the one value alone, or ``name: value`` lines."""
+    return _show(ex["inputs"])
+
+
+def show_reference(ex: Example) -> str:
+    """A row's reference outputs: its ``answer``, else like `show_inputs`."""
+    ref = ex.get("outputs") or {}
+    if not ref:
+        return "(none given)"
+    if "answer" in ref:
+        return clip_shown(str(ref["answer"]))
+    return _show(ref)

@@ -33,9 +33,9 @@ from langchain_gradsum.result import OptimizationError, OptimizationResult, sett
 from langchain_gradsum.state import (
     Example,
     GradSumContext,
-    GradSumState,
     ModelLike,
     RunContext,
+    total_calls,
 )
 
 __all__ = ["GradSumOptimizer", "OptimizationError", "OptimizationResult"]
@@ -313,12 +313,12 @@ class GradSumOptimizer:
         stop_file: str | Path | None = None,
         target: Any = None,
         input_key: str | None = None,
-    ) -> _Run:
+    ) -> _PreparedRun:
         slot, text, train_rows, val_rows, app = self._validate(prompt, train, val, target,
                                                                input_key)
         ctx = self.context(slot, app)
         inputs = {"prompt": text, "train": train_rows, "val": val_rows}
-        run = _Run(ctx=ctx, input=inputs)
+        run = _PreparedRun(ctx=ctx, input=inputs)
         if thread_id is None:  # an app's run is told apart by where its prompt sits
             thread_id = _run_fingerprint(
                 inputs if app is None else {**inputs, "app": app.describe()}, self)
@@ -374,7 +374,7 @@ class GradSumOptimizer:
         if mode == "values":
             return chunk
         if on_event is not None:
-            on_event({**chunk, "calls": chunk.get("calls", _calls(last))})
+            on_event({**chunk, "calls": chunk.get("calls", total_calls(last.get("usage")))})
         return last
 
     def _result(self, state: dict[str, Any], ctx: GradSumContext, start: float,
@@ -397,7 +397,7 @@ class GradSumOptimizer:
 
 
 @dataclass
-class _Run:
+class _PreparedRun:
     """One prepared run: graph, input (or `None` to resume), context and config."""
 
     ctx: RunContext
@@ -467,10 +467,6 @@ def _with_ledger(last: dict[str, Any], first: dict[str, Any],
     for key, n in counted.items():
         counters[key] = max(counters.get(key, 0), before_c.get(key, 0) + n)
     return {**last, "usage": usage, "counters": counters}
-
-
-def _calls(state: GradSumState | dict[str, Any]) -> int:
-    return sum(u["calls"] for u in (state.get("usage") or {}).values())
 
 
 def _dry_run_evaluators(evaluators: Iterable[Callable[..., Any]], row: Example) -> None:

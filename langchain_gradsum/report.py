@@ -35,9 +35,10 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from langchain_gradsum.state import ROLES, lineage, parse_record_key, record_key
+
 __all__ = ["load_result", "render_report", "write_report"]
 
-ROLES = ("generate", "judge", "gradient", "summarize", "edit")
 _CLIP = 600
 # Colour-blind-friendly palette (Okabe-Ito, minus black) for candidate lines.
 _LINEAGE = "#0072B2"
@@ -153,13 +154,7 @@ class _Run:
         self.records: Mapping[str, Any] = d.get("records") or {}
 
     def _lineage(self, cid: str | None) -> list[str]:
-        chain: list[str] = []
-        seen: set[str] = set()
-        while cid is not None and cid in self.cands and cid not in seen:
-            seen.add(cid)
-            chain.append(cid)
-            cid = self.cands[cid].get("parent_id")
-        return chain[::-1]
+        return lineage(self.cands, cid)
 
     def scores(self, cid: str) -> list[tuple[int, float]]:
         out = []
@@ -574,7 +569,7 @@ def _validation(run: _Run) -> dict[str, Any]:
         ex = ex_rows[i] if i < len(ex_rows) and isinstance(ex_rows[i], Mapping) else None
         cells = []
         for c in finalists:
-            rec = run.records.get(f"{c}|{split}|{i}") or {}
+            rec = run.records.get(record_key(c, split, i)) or {}
             tip = rec.get("output") if "output" in rec else rec.get("error", "")
             cells.append({"score": rec.get("score"), "tip": _clip(tip, 400)})
         example = None if ex is None else {"inputs": _show_values(ex.get("inputs")),
@@ -631,13 +626,13 @@ def _candidate(run: _Run, cid: str) -> dict[str, Any]:
 
 
 def _outputs(run: _Run, cid: str) -> list[dict[str, Any]]:
-    prefix = f"{cid}|"
     recs = []
     for key, rec in run.records.items():
-        if not str(key).startswith(prefix) or not isinstance(rec, Mapping):
+        parsed = parse_record_key(key)
+        if parsed is None or parsed[0] != cid or not isinstance(rec, Mapping):
             continue
-        _, split, idx = (str(key).split("|") + ["", ""])[:3]
-        recs.append(((split != "train", split, _num(idx)), split, idx, rec))
+        _, split, row = parsed
+        recs.append(((split != "train", split, row), split, str(row), rec))
     recs.sort(key=lambda r: r[0])
     return [{"split": split, "index": idx, "score": rec.get("score"),
              "output": _clip(rec.get("output") if "output" in rec

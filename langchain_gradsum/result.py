@@ -14,7 +14,14 @@ from langchain_core.language_models import BaseChatModel
 from langchain_gradsum._knobs import MODEL_ROLES, knobs
 from langchain_gradsum._templates import PromptSlot
 from langchain_gradsum.evaluators import evaluator_name
-from langchain_gradsum.state import Candidate, GradSumContext, RoleUsage
+from langchain_gradsum.state import (
+    Candidate,
+    GradSumContext,
+    RoleUsage,
+    lineage,
+    mean_output_tokens,
+    total_calls,
+)
 
 __all__ = ["OptimizationError", "OptimizationResult", "settings_as_json"]
 
@@ -48,7 +55,7 @@ class OptimizationResult:
 
     @property
     def total_calls(self) -> int:
-        return sum(u["calls"] for u in self.usage.values())
+        return total_calls(self.usage)
 
     @property
     def total_tokens(self) -> int:
@@ -65,22 +72,15 @@ class OptimizationResult:
 
     def lineage(self, candidate_id: str | None = None) -> list[Candidate]:
         """The chain of candidates from the initial prompt to `candidate_id` (default best)."""
-        chain: list[Candidate] = []
-        cid: str | None = candidate_id or self.best_id
-        while cid is not None:
-            chain.append(self.candidates[cid])
-            cid = self.candidates[cid]["parent_id"]
-        return chain[::-1]
+        return [self.candidates[cid]
+                for cid in lineage(self.candidates, candidate_id or self.best_id)]
 
     def mean_output_tokens(self, candidate_id: str | None = None) -> float | None:
         """Mean generated tokens per task call of a candidate (default: the best) on the
         split it was picked on; ``None`` where the provider reported no token counts.
         On a CPU, output tokens are most of a call's time."""
-        cid = candidate_id or self.best_id
         split = "val" if self.split == "val" else "train"
-        counts = [r["output_tokens"] for k, r in self.records.items()
-                  if k.startswith(f"{cid}|{split}|") and "output_tokens" in r]
-        return sum(counts) / len(counts) if counts else None
+        return mean_output_tokens(self.records, candidate_id or self.best_id, split)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], context: GradSumContext | None = None, *,

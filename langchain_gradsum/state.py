@@ -31,12 +31,23 @@ __all__ = [
     "RoleUsage",
     "RunContext",
     "Screen",
+    "FULL_MARKS",
     "ROLES",
+    "best_by_iteration",
+    "lineage",
+    "mean_output_tokens",
+    "parse_record_key",
     "record_key",
+    "total_calls",
 ]
 
 Role = Literal["generate", "judge", "gradient", "summarize", "edit"]
 ROLES: tuple[Role, ...] = ("generate", "judge", "gradient", "summarize", "edit")
+"""The kinds of LLM call, in loop order: `usage` and the traces are by these roles (the
+node `evaluate` calls the judge: its role is ``judge``)."""
+
+FULL_MARKS = 1.0 - 1e-9
+"""A score at or above this is full marks: the row is solved (no critique, no failure)."""
 
 
 class Example(TypedDict):
@@ -55,6 +66,11 @@ class Screen(TypedDict):
     """The child's mean score on `rows` (``None`` until scored)."""
     passed: bool | None
     """Strictly better than the parent on `rows`: only then is it scored further."""
+    form: NotRequired[float]
+    """With ``form_progress``, at a tie: the share of `rows` on which the child's replies
+    take the expected answers' form (`beam.form_rate`)..."""
+    parent_form: NotRequired[float]
+    """... and the parent's: the child passes if its share is higher."""
 
 
 class Candidate(TypedDict):
@@ -67,12 +83,15 @@ class Candidate(TypedDict):
     iteration: int
     """The iteration in which the candidate was written (0 for the initial prompt)."""
     summary: str | None
-    """The summarized gradient (or, with ``summarize=False``, the single gradient)
-    that produced this candidate."""
+    """What produced this candidate: its *parent's* summarized gradient (or, with
+    ``summarize=False``, the parent's single gradient) that the editor was given;
+    ``None`` for the initial prompt. Not to be confused with `summaries`."""
     gradients: dict[str, list[str]]
     """Critiques of this candidate, by iteration (as a string key)."""
     summaries: dict[str, str]
-    """This candidate's summarized gradient, by iteration."""
+    """This candidate's *own* summarized gradients, by iteration (as a string key): what
+    its children are written from (each child's `summary`). (The two names are kept as
+    they are: they are keys of checkpoints and saved results.)"""
     scores: dict[str, float]
     """Mean minibatch score, by iteration (as a string key)."""
     val_score: float | None
@@ -109,6 +128,52 @@ class RoleUsage(TypedDict):
 def record_key(candidate_id: str, split: str, index: int) -> str:
     """Key of a record: which candidate, which split, which row."""
     return f"{candidate_id}|{split}|{index}"
+
+
+def parse_record_key(key: str) -> tuple[str, str, int] | None:
+    """``(candidate id, split, row)`` of a `record_key`; ``None`` if `key` is not one."""
+    cid, sep, rest = str(key).partition("|")
+    split, sep2, index = rest.partition("|")
+    if not (sep and sep2 and index.isdigit()):
+        return None
+    return cid, split, int(index)
+
+
+def mean_output_tokens(records: Mapping[str, Mapping[str, Any]], candidate_id: str | None,
+                       split: str) -> float | None:
+    """Mean generated tokens per output of a candidate on `split` (``None`` where the
+    provider reported no token counts)."""
+    counts = [r["output_tokens"] for k, r in records.items()
+              if (key := parse_record_key(k)) is not None and key[:2] == (candidate_id, split)
+              and "output_tokens" in r]
+    return sum(counts) / len(counts) if counts else None
+
+
+def total_calls(usage: Mapping[str, Mapping[str, Any]] | None) -> int:
+    """The LLM calls of a `usage` mapping (by role), summed over the roles."""
+    return sum(int(u.get("calls", 0)) for u in (usage or {}).values())
+
+
+def lineage(candidates: Mapping[str, Mapping[str, Any]], candidate_id: str | None) -> list[str]:
+    """The ids from the initial prompt down to `candidate_id`, following ``parent_id``
+    (a parent not in `candidates` ends the chain)."""
+    chain: list[str] = []
+    cid = candidate_id
+    while cid is not None and cid in candidates and cid not in chain:
+        chain.append(cid)
+        cid = candidates[cid].get("parent_id")
+    return chain[::-1]
+
+
+def best_by_iteration(candidates: Mapping[str, Mapping[str, Any]]) -> dict[int, tuple[float, str]]:
+    """The best minibatch score of each iteration and whose it is, by iteration (in
+    order); at equal score the candidate that comes first in `candidates`."""
+    best: dict[int, tuple[float, str]] = {}
+    for cid, cand in candidates.items():
+        for it, score in (cand.get("scores") or {}).items():
+            if int(it) not in best or score > best[int(it)][0]:
+                best[int(it)] = (score, cid)
+    return dict(sorted(best.items()))
 
 
 def merge_dicts(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:

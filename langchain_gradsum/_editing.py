@@ -1,0 +1,280 @@
+"""New prompts from the editor: the work behind the node `edit`.
+
+`edit_jobs` lists the children to write, `EditWriter` asks the editor for each, checks
+each reply (`EditGuard`: the variable guard, the copied-example checks, the duplicate
+check) and re-asks once, told why, for a reply that cannot be used; `new_children`
+makes the usable prompts candidates, each with its screen.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from langchain_core.messages import AIMessage, HumanMessage
+
+from langchain_gradsum import beam as beam_mod
+from langchain_gradsum._llm import BudgetExhausted, LLMCaller, check_failures, role_models
+from langchain_gradsum._templates import (
+    copied_example,
+    example_words,
+    heal_template,
+    template_variables,
+)
+from langchain_gradsum.feedback import edit_history, evidence, show_inputs
+from langchain_gradsum.state import Candidate, GradSumContext, GradSumState
+
+EditJob = tuple[str, int, str, str]
+"""(parent id, child number, feedback, strategy: "instruction" or "rewrite:<k>")."""
+
+
+def new_candidate(
+    cid: str, template: str, *, parent_id: str | None, iteration: int, summary: str | None
+) -> Candidate:
+    """A candidate not yet scored; `summary` is what it was written from."""
+    return {"id": cid, "template": template, "parent_id": parent_id, "iteration": iteration,
+            "summary": summary, "gradients": {}, "summaries": {}, "scores": {}, "val_score": None,
+            "strategy": None, "screen": None}
+
+
+def batch_evidence(state: GradSumState, ctx: GradSumContext, cid: str) -> str:
+    """The measured facts about `cid` on this iteration's batch (`feedback.evidence`), as
+    the summary and the editor are shown them."""
+    return evidence(state.get("records", {}), cid, beam_mod.current_batch(state, ctx),
+                    state["train"])
+
+
+def edit_jobs(state: GradSumState, ctx: GradSumContext) -> list[EditJob]:
+    """The children to write: per parent, its summary (or gradients) and a strategy each."""
+    key = str(state["iteration"])
+    jobs: list[EditJob] = []
+    for cid in state["beam"]:
+        cand = state["candidates"][cid]
+        if ctx.summarize:
+            feedback = [cand["summaries"][key]] * ctx.candidates_per_prompt \
+                if key in cand["summaries"] else []
+        else:
+            feedback = cand["gradients"].get(key, [])[: ctx.candidates_per_prompt]
+        offset = 1 if ctx.instruction_edits else 0
+        jobs += [(cid, k, fb, "instruction" if k < offset else f"rewrite:{k - offset}")
+                 for k, fb in enumerate(feedback)]
+    return jobs
+
+
+def edit_ask(state: GradSumState, ctx: GradSumContext, job: EditJob) -> str:
+    """The editor's message for one child."""
+    cid, k, feedback, strategy = job
+    fields = {
+        "task_description": ctx.task_description or "(not given)",
+        "prompt": state["candidates"][cid]["template"],
+        "feedback": feedback,
+        "evidence": batch_evidence(state, ctx, cid),
+        "history": edit_history(state["candidates"], cid),
+    }
+    if strategy == "instruction":
+        return ctx.meta_prompts.edit_instruction.format(**fields)
+    variants = ctx.meta_prompts.edit_variants
+    r = int(strategy.split(":")[1])
+    n = ctx.candidates_per_prompt if ctx.summarize else 1
+    variant = "" if n == 1 else f"- This is version {k + 1} of {n}: {variants[r % len(variants)]}"
+    required = template_variables(state["prompt"])
+    edit = ctx.meta_prompts.edit
+    if not required:  # a system prompt in an app: no placeholder to keep (drop that rule)
+        edit = "\n".join(line for line in edit.splitlines() if "{variables}" not in line)
+    return edit.format(
+        **fields, variables=", ".join("{" + v + "}" for v in required), variant=variant)
+
+
+class EditWriter:
+    """Asks the editor for each child's prompt; returns the usable ones."""
+
+    def __init__(self, state: GradSumState, ctx: GradSumContext, caller: LLMCaller,
+                 write_event: Callable[[Any], None], jobs: list[EditJob]) -> None:
+        self.state, self.ctx, self.caller, self.jobs = state, ctx, caller, jobs
+        self.model = role_models(ctx).optimizer
+        self.asks = [edit_ask(state, ctx, job) for job in jobs]
+        self.guard = EditGuard(state, ctx, caller, write_event)
+
+    def write(self) -> tuple[dict[int, str], str | None]:
+        """The usable new prompts by job index, and a stop reason if any."""
+        results = self.caller.map(self._ask, range(len(self.jobs)))
+        stop = check_failures(self.caller, results)
+        usable: dict[int, str] = {}  # job index -> new prompt
+        unusable: list[tuple[int, str, str]] = []  # (job index, reply, why)
+        for j, res in enumerate(results):
+            if isinstance(res, str):
+                template, why = self.guard.check(self.jobs[j], res)
+                if template is not None:
+                    usable[j] = template
+                else:
+                    unusable.append((j, res, why or ""))
+        # One more try for each unusable reply, told why. Its child was budgeted (scoring
+        # it costs at least one call), so the retry fits the iteration's plan.
+        remaining = self.caller.budget.remaining
+        if self.ctx.retry_unusable_edits and not stop and unusable:
+            retries = unusable if remaining is None else unusable[:remaining]
+            for (j, _, _), res in zip(retries, self.caller.map(self._retry, retries),
+                                      strict=True):
+                if isinstance(res, str):
+                    template, _ = self.guard.check(self.jobs[j], res)
+                    if template is not None:
+                        usable[j] = template
+                elif not isinstance(res, BudgetExhausted):
+                    self.caller.count("failed_calls")
+        return usable, stop
+
+    def _ask(self, j: int) -> str:
+        job = self.jobs[j]
+        return self.caller.text("edit", self.model, self.asks[j],
+                                iteration=self.state["iteration"], candidate_id=job[0],
+                                variant=job[1], strategy=job[3])
+
+    def _retry(self, item: tuple[int, str, str]) -> str:
+        j, reply, why = item
+        messages = [HumanMessage(self.asks[j]), AIMessage(reply),
+                    HumanMessage(self.ctx.meta_prompts.edit_retry.format(why=why))]
+        self.caller.count("edit_retries")
+        return self.caller.text("edit", self.model, messages, iteration=self.state["iteration"],
+                                candidate_id=self.jobs[j][0], variant=self.jobs[j][1],
+                                retry=True)
+
+
+class EditGuard:
+    """Turns an editor reply into a usable new prompt, or says why it cannot be used."""
+
+    def __init__(self, state: GradSumState, ctx: GradSumContext, caller: LLMCaller,
+                 write_event: Callable[[Any], None]) -> None:
+        self.state, self.ctx, self.caller, self.write_event = state, ctx, caller, write_event
+        self.required = template_variables(state["prompt"])
+        self.seen = {_normalize(c["template"]) for c in state["candidates"].values()}
+        self.examples = [show_inputs(ex) for ex in [*state["train"], *(state.get("val") or [])]
+                         ] if ctx.reject_copied_examples else []
+        # the words the editor was given by the meta-prompts are not an example's details
+        mp = ctx.meta_prompts
+        self.meta_words = "\n".join([mp.gradient, mp.summarize, mp.edit, mp.edit_instruction,
+                                      *mp.edit_variants])
+
+    def critiqued(self, cid: str) -> list[str]:
+        """The inputs of the rows `cid` was critiqued on (the editor saw their details)."""
+        rows = beam_mod.failed_rows(self.state.get("records", {}), cid,
+                                    beam_mod.current_batch(self.state, self.ctx))
+        return [show_inputs(self.state["train"][i])
+                for i in rows[: self.ctx.max_gradients_per_prompt]]
+
+    def proposal(self, job: EditJob, reply: str) -> str:
+        """The new prompt text a reply proposes (an added instruction is appended)."""
+        if job[3] != "instruction":
+            return extract_prompt(reply)
+        text = extract_instruction(reply)
+        try:
+            full = set(self.required) <= set(template_variables(text))
+        except ValueError:
+            full = False
+        if full and self.required:  # the editor wrote a whole prompt: take it as such
+            # (with no placeholder to tell, e.g. a system message, the text is appended:
+            # taken whole, "Reply with only the answer." would replace the system prompt)
+            return text
+        parent = self.state["candidates"][job[0]]["template"]
+        if _normalize(text).lower() in _normalize(parent).lower():
+            return parent  # nothing new: the duplicate check says so
+        return parent.rstrip() + "\n" + text.replace("{", "{{").replace("}", "}}")
+
+    def check(self, job: EditJob, reply: str) -> tuple[str | None, str | None]:
+        """The usable new prompt in a reply, or why it cannot be used (and counts it)."""
+        template, status = heal_template(self.proposal(job, reply), self.required,
+                                         append_missing=self.ctx.repair_missing_variables)
+        if template is None:
+            return self._rejected(job, status)
+        if (why := self.rejection(job, template)) is not None:
+            return self._rejected(job, why)
+        if _normalize(template) in self.seen:
+            self.caller.count("duplicate_candidates")
+            if template == self.state["candidates"][job[0]]["template"]:
+                return None, "duplicate: the current prompt already says that; add another"
+            return None, "duplicate: the same as a prompt already tried"
+        if status == "repaired":
+            self.caller.count("repaired_candidates")
+        self.seen.add(_normalize(template))
+        return template, None
+
+    def _rejected(self, job: EditJob, why: str) -> tuple[None, str]:
+        self.caller.count("rejected_candidates")
+        self.write_event({"event": "rejected", "parent": job[0], "why": why})
+        return None, why
+
+    def rejection(self, job: EditJob, template: str) -> str | None:
+        """Why a (well-formed) new prompt must not be used: it copies the data or the
+        measurements; ``None`` if it does not."""
+        cid, state = job[0], self.state
+        if self.examples and (copied := copied_example(
+                template, self.examples, original=state["prompt"])) is not None:
+            return f"rejected: copies example {copied} of the data"
+        if self.examples and (seen := self.critiqued(cid)) and (copied_example(
+                template, seen, min_words=4, original=(known := "\n".join(
+                    [state["candidates"][cid]["template"], self.ctx.task_description]))
+                ) is not None
+                or len(example_words(template, seen, self.examples,
+                                     known=known + self.meta_words)) >= 2):
+            # "end with the number of children on the bus": one example's details in an
+            # instruction overfit it (the 1.5B editor does this)
+            return ("rejected: mentions the details of an example it was shown; write "
+                    "instructions that hold for every input")
+        if copied_example(template, [batch_evidence(state, self.ctx, cid)],
+                          original=state["prompt"]) is not None:
+            # small editors paste the measurements in: they describe past outputs, they
+            # are not instructions
+            return ("rejected: copies the evaluation's measurements into the prompt; write "
+                    "instructions instead")
+        return None
+
+
+def new_children(state: GradSumState, ctx: GradSumContext, jobs: list[EditJob],
+                 usable: dict[int, str]) -> dict[str, Candidate]:
+    """The new candidates, each with its screen: the parent's worst failures."""
+    batch = beam_mod.current_batch(state, ctx)
+    children: dict[str, Candidate] = {}
+    next_id = len(state["candidates"])
+    for j, template in sorted(usable.items()):
+        cid, _, fb, strategy = jobs[j]
+        child_id = f"c{next_id}"
+        next_id += 1
+        child = new_candidate(child_id, template, parent_id=cid,
+                              iteration=state["iteration"] + 1, summary=fb)
+        child["strategy"] = strategy
+        rows = beam_mod.failed_rows(state["records"], cid, batch)[: ctx.screen_size]
+        if rows:
+            parent_score = beam_mod.mean_score(state["records"], cid, rows) or 0.0
+            child["screen"] = {"rows": rows, "parent_score": parent_score, "score": None,
+                               "passed": None}
+        children[child_id] = child
+    return children
+
+
+# --- reading an editor's reply ---------------------------------------------------------
+
+_TAGGED = re.compile(r"<prompt>\s*(.*?)\s*(?:</prompt>|$)", re.S | re.I)
+_FENCE = re.compile(r"^```[\w-]*\n(.*?)\n```$", re.S)
+_ECHOED = re.compile(r"</?current_prompt>", re.I)
+_INSTRUCTION = re.compile(r"<instruction>\s*(.*?)\s*(?:</instruction>|$)", re.S | re.I)
+
+
+def extract_prompt(reply: str) -> str:
+    """The new prompt from an editor reply: inside <prompt> tags, else the reply."""
+    found = [m for m in _TAGGED.findall(reply) if m.strip()]
+    text = found[-1] if found else reply
+    text = text.strip()
+    fenced = _FENCE.match(text)
+    text = (fenced.group(1) if fenced else text).strip()
+    # small editors echo the tags the edit prompt shows the current prompt in
+    return _ECHOED.sub("", text).strip()
+
+
+def extract_instruction(reply: str) -> str:
+    """The added instruction from an editor reply: in <instruction> tags, else as a prompt."""
+    found = [m for m in _INSTRUCTION.findall(reply) if m.strip()]
+    return found[-1].strip() if found else extract_prompt(reply)
+
+
+def _normalize(text: str) -> str:
+    return " ".join(text.split())
