@@ -267,7 +267,22 @@ def extract_prompt(reply: str) -> str:
     fenced = _FENCE.match(text)
     text = (fenced.group(1) if fenced else text).strip()
     # small editors echo the tags the edit prompt shows the current prompt in
-    return _ECHOED.sub("", text).strip()
+    return _without_repeats(_ECHOED.sub("", text).strip())
+
+
+def _without_repeats(text: str) -> str:
+    """`text` without the lines that repeat an earlier line word for word: a small
+    editor can loop on one sentence until its reply cap (the mmlu winner of 2026-12-02
+    said "If your reply is not in the correct format, ..." six times)."""
+    seen: set[str] = set()
+    kept = []
+    for line in text.splitlines():
+        key = " ".join(line.split()).lower()
+        if key and key in seen:
+            continue
+        seen.add(key)
+        kept.append(line)
+    return "\n".join(kept)
 
 
 def extract_instruction(reply: str) -> str:

@@ -375,3 +375,12 @@ def test_echoed_current_prompt_tags_are_stripped_so_the_echo_is_a_duplicate() ->
 
     assert extract_prompt("<prompt><current_prompt>\nQ: {question}\n</current_prompt></prompt>"
                           ) == "Q: {question}"
+
+
+def test_an_editor_looping_on_one_line_keeps_it_once() -> None:
+    from langchain_gradsum._editing import extract_prompt
+
+    loop = "Reply with the letter.\n" + "If unsure, still reply with a letter.\n" * 4 + "If"
+    reply = f"<prompt>Q: {{question}}\n\n{loop}</prompt>"
+    assert extract_prompt(reply) == (
+        "Q: {question}\n\nReply with the letter.\nIf unsure, still reply with a letter.\nIf")
