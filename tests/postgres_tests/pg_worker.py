@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
+import sys
 from pathlib import Path
 
 from langchain_gradsum import GradSumOptimizer, numeric_match
 from langchain_gradsum.testing import ScriptedChatModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit_tests" / "workers"))
+from resume_worker import logged_script  # noqa: E402  (the SQLite test's script)
 
 
 def main() -> None:
@@ -30,28 +32,7 @@ def main() -> None:
     parser.add_argument("--variant", default="a")
     parser.add_argument("--thread-id")
     args = parser.parse_args()
-    done = [0]
-
-    def respond(text: str, role: str):
-        if args.kill_at is not None and done[0] >= args.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if role == "generate":
-            reply = "so 4" if "step" in text else "5"
-        elif role == "judge":
-            reply = {"reasoning": "checked", "score": 1.0 if "so 4" in text else 0.0}
-        elif role == "gradient":
-            reply = "Ask the model to work step by step."
-        elif role == "summarize":
-            reply = "Ask for step-by-step work."
-        else:
-            n = text.count("version 2")  # two variants: two different prompts
-            reply = f"<prompt>Work step by step ({n}). {{question}}</prompt>"
-        with args.log.open("a") as f:
-            f.write(json.dumps([role, text]) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        done[0] += 1
-        return reply
+    respond = logged_script(args.log, args.kill_at)
 
     rows = [{"inputs": {"question": f"2+2, case {args.variant}{i}"},
              "outputs": {"answer": "4"}} for i in range(6)]

@@ -13,20 +13,24 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from langchain_gradsum import GradSumOptimizer, numeric_match
 from langchain_gradsum.testing import ScriptedChatModel
 
 
-def main() -> None:
-    checkpoint, log_path, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-    kill_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
+def logged_script(log_path: Path, kill_at: int | None) -> Callable[[str, str], Any]:
+    """The scripted model's responder: logs each completed call to `log_path` (flushed
+    and fsynced) and SIGKILLs the process when call ``kill_at + 1`` starts. Shared with
+    tests/postgres_tests/pg_worker.py."""
     done = [0]
 
-    def respond(text: str, role: str):
+    def respond(text: str, role: str) -> Any:
         if kill_at is not None and done[0] >= kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        reply: Any
         if role == "generate":
             reply = "so 4" if "step" in text else "5"
         elif role == "judge":
@@ -44,6 +48,14 @@ def main() -> None:
             os.fsync(f.fileno())
         done[0] += 1
         return reply
+
+    return respond
+
+
+def main() -> None:
+    checkpoint, log_path, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    kill_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    respond = logged_script(log_path, kill_at)
 
     rows = [{"inputs": {"question": f"2+2, case {i}"}, "outputs": {"answer": "4"}}
             for i in range(6)]
