@@ -253,5 +253,6 @@ def example_words(
     if not candidates or not corpus:
         return []
     limit = max(1, int(max_share * len(corpus)))
-    counts = {w: sum(1 for e in corpus if w in words(e)) for w in candidates}
+    corpus_words = [words(e) for e in corpus]  # each example tokenized once
+    counts = {w: sum(1 for ws in corpus_words if w in ws) for w in candidates}
     return sorted(w for w, n in counts.items() if n <= limit)
