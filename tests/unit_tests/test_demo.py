@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from langchain_gradsum._templates import template_variables
-from langchain_gradsum.demo import DEMOS, demo_rows
+from langchain_gradsum.demo import DEMOS, constant_baseline, demo_rows, main
 
 
 @pytest.mark.parametrize("name", sorted(DEMOS))
@@ -19,8 +19,36 @@ def test_each_demo_task_has_rows_its_start_prompt_can_render(name: str) -> None:
                               row["outputs"])["score"] == 1.0
 
 
-def test_the_default_demo_starts_from_a_prompt_whose_replies_fail_exact_match() -> None:
+def test_the_sarcasm_demo_starts_from_a_prompt_whose_replies_fail_exact_match() -> None:
     # what the 1.5B model replies to the start prompt: a sentence, not the label
     demo = DEMOS["sarcasm"]
     res = demo.evaluator({"output": "Yes, this tweet is sarcastic."}, {"answer": "Yes"})
     assert res["score"] == 0.0 and "adds other text" in res["comment"]
+
+
+def test_the_default_demo_rows_are_balanced_so_no_constant_reply_beats_one_sixth(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+
+    def stop_before_the_server(args: object) -> None:
+        seen.append(args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("langchain_gradsum.demo.run", stop_before_the_server)
+    with pytest.raises(KeyboardInterrupt):
+        main([])
+    (args,) = seen
+    assert args.task == "date"
+    rows = demo_rows("date")
+    train, val = rows[: args.train], rows[args.train : args.train + args.val]
+    for split in (train, val):
+        assert constant_baseline(split)[1] == pytest.approx(1 / 6)
+    # the model's worked answer names the label but is not it: exact match fails
+    res = DEMOS["date"].evaluator({"output": "Tomorrow is 12/25/1937, so the answer is (B)."},
+                                  {"answer": "(B)"})
+    assert res["score"] == 0.0
+
+
+def test_constant_baseline_is_the_most_frequent_answers_share() -> None:
+    rows = [{"outputs": {"answer": a}} for a in ["No", "Yes", "No", "No"]]
+    assert constant_baseline(rows) == ("No", 0.75)
