@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ LOOPBACK = "127.0.0.1"
 # exact llama-cpp-python sdist (the only place a pinned llama.cpp source is on PyPI).
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-CMAKE_ARGS = (
+_PORTABLE_CMAKE_ARGS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_OPENSSL=OFF",
@@ -32,7 +33,24 @@ CMAKE_ARGS = (
     "-DBUILD_SHARED_LIBS=OFF",
     "-DLLAMA_USE_PREBUILT_UI=OFF",  # no web UI download from the build: the API is all we use
 )
-BUILD_RECIPE = 1  # bump when CMAKE_ARGS or the install steps change: forces a rebuild
+# ggml's AMX matmul, compiled in by -march=native on a CPU that reports AMX, crashed
+# llama-server (SIGSEGV in ggml_backend_amx_mul_mat at the warm-up decode) on this
+# workplace's Xeon VMs (2026-12-02); built without it, the server runs and still
+# repacks weights for AVX-512/AVX2. Explicit -mno-* flags win over -march=native in
+# gcc and clang, whatever their order on the command line.
+NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def cmake_args(machine: str) -> tuple[str, ...]:
+    """The cmake configure arguments for a CPU architecture (``platform.machine()``)."""
+    if machine.lower() in ("x86_64", "amd64"):
+        return (*_PORTABLE_CMAKE_ARGS, f"-DCMAKE_C_FLAGS={NO_AMX_FLAGS}",
+                f"-DCMAKE_CXX_FLAGS={NO_AMX_FLAGS}")
+    return _PORTABLE_CMAKE_ARGS
+
+
+CMAKE_ARGS = cmake_args(platform.machine())
+BUILD_RECIPE = 2  # bump when CMAKE_ARGS or the install steps change: forces a rebuild
 SERVER_BINARY_ENV = "GRADSUM_LLAMA_SERVER"  # run this llama-server instead of the built one
 BUILD_DIR_ENV = "GRADSUM_LLAMA_BUILD_DIR"  # `build` reuses this cmake build dir
 SLOTS_ENV = "GRADSUM_LOCAL_SLOTS"

@@ -280,8 +280,11 @@ class LocalLLMServer:
 
     def _exited_error(self) -> LocalLLMError:
         code = self.process.returncode if self.process else None
+        crashed = code is not None and code < 0  # killed by a signal (SIGSEGV: -11)
+        hint = ("It crashed: if the binary was built on another CPU or by an older recipe, "
+                "rebuild it with `gradsum local build --force`.\n" if crashed else "")
         return LocalLLMError(
-            f"The local LLM server exited with code {code} before it was ready.\n"
+            f"The local LLM server exited with code {code} before it was ready.\n{hint}"
             f"Command: {' '.join(self.command())}\n"
             f"Last lines of {self.log_path}:\n{_tail(self.log_path)}"
         )

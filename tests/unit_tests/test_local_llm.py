@@ -295,10 +295,39 @@ def test_server_that_exits_reports_log_tail(tmp_path: Path) -> None:
     server.start()
     assert server.process is not None
     server.process.wait(timeout=30)
-    with pytest.raises(LocalLLMError, match=r"(?s)exited with code 3.*boom: bad gguf"):
+    with pytest.raises(LocalLLMError, match=r"(?s)exited with code 3.*boom: bad gguf") as info:
+        server.wait_ready(timeout=5)
+    assert "crashed" not in str(info.value)
+    server.stop()
+    assert not server.running
+
+
+def test_server_killed_by_a_signal_says_it_crashed_and_how_to_rebuild(tmp_path: Path) -> None:
+    # what the AMX build did on 2026-12-02: SIGSEGV at the warm-up decode (exit code -11)
+    script = "import os, signal; print('threadpool init'); os.kill(os.getpid(), signal.SIGSEGV)"
+    server = LocalLLMServer(tmp_path / "m.gguf", port=1, log_path=tmp_path / "server.log",
+                            command=[sys.executable, "-c", script])
+    server.start()
+    assert server.process is not None
+    server.process.wait(timeout=30)
+    with pytest.raises(LocalLLMError, match=r"(?s)exited with code -11.*crashed.*"
+                                            r"build --force.*threadpool init"):
         server.wait_ready(timeout=5)
     server.stop()
     assert not server.running
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "AMD64", "aarch64"])
+def test_x86_builds_leave_out_amx_and_other_cpus_get_no_x86_flags(machine: str) -> None:
+    from langchain_gradsum.local_llm._base import cmake_args
+
+    amx = [a for a in cmake_args(machine) if "amx" in a]
+    if machine == "aarch64":
+        assert amx == []
+    else:
+        assert amx == ["-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16",
+                       "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"]
+    assert "-DLLAMA_CURL=OFF" in cmake_args(machine)
 
 
 def test_server_not_built_explains_fix(tmp_path: Path) -> None:
