@@ -52,3 +52,29 @@ def test_the_default_demo_rows_are_balanced_so_no_constant_reply_beats_one_sixth
 def test_constant_baseline_is_the_most_frequent_answers_share() -> None:
     rows = [{"outputs": {"answer": a}} for a in ["No", "Yes", "No", "No"]]
     assert constant_baseline(rows) == ("No", 0.75)
+
+
+def test_the_default_demo_cap_pays_for_validation_and_three_iterations(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the date demo validates 3 prompts on 24 rows: with a cap of 100 the planner stopped
+    # it after one iteration (17 calls of search); its own cap must leave room for three
+    from gradsum_fakes import context
+
+    from langchain_gradsum.beam import iteration_cost
+
+    seen = []
+    monkeypatch.setattr("langchain_gradsum.demo.run", lambda a: seen.append(a) or exit_())
+    with pytest.raises(KeyboardInterrupt):
+        main([])
+    (a,) = seen
+    ctx = context(None, beam_width=a.beam_width, candidates_per_prompt=a.candidates,
+                  minibatch_size=a.minibatch, max_gradients_per_prompt=a.max_gradients,
+                  max_llm_calls=a.max_calls)
+    reserve = (a.beam_width + 1) * a.val
+    search = a.max_calls - reserve - a.minibatch  # after scoring the start prompt
+    three = iteration_cost(1, a.train, ctx) + 2 * iteration_cost(a.beam_width, a.train, ctx)
+    assert three <= search
+
+
+def exit_() -> None:
+    raise KeyboardInterrupt
