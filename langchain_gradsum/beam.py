@@ -27,7 +27,8 @@ from langchain_gradsum.state import (
 )
 
 __all__ = ["advance", "affordable", "beam_on_stop", "calls_needed_for_one_iteration",
-           "current_batch", "failed_rows", "final_reserve", "iteration_cost", "route",
+           "current_batch", "failed_rows", "final_reserve", "fit_finalists",
+           "iteration_cost", "narrowed_finalists", "route",
            "rows_to_score", "select_beam", "stop_reason"]
 
 
@@ -80,9 +81,42 @@ def _calls_per_row(ctx: GradSumContext) -> int:
 
 
 def final_reserve(state: GradSumState, ctx: GradSumContext) -> int:
-    """Calls kept back for scoring the finalists (beam + initial) on validation."""
+    """Calls kept back for scoring the finalists on validation: the beam and the
+    initial prompt, or only `finalists_cap` prompts once the search is narrowed."""
     rows = len(state.get("val") or state["train"])
-    return (ctx.beam_width + 1) * rows * _calls_per_row(ctx)
+    prompts = state.get("finalists_cap") or ctx.beam_width + 1
+    return prompts * rows * _calls_per_row(ctx)
+
+
+def narrowed_finalists(state: GradSumState, ctx: GradSumContext, kept: list[str]
+                       ) -> int | None:
+    """A cap on the finalists that lets the budget left pay for one more iteration.
+
+    The final reserve plans for the worst case, `beam_width` + 1 prompts (the initial
+    prompt may leave the beam). When that leaves too little for another iteration but
+    the prompts validated if the search stopped now (`kept` and the initial prompt)
+    leave enough, the search goes on with its finalists capped at that number
+    (:func:`fit_finalists`): the unused part of the reserve buys the iteration.
+    """
+    if ctx.max_llm_calls is None or state.get("finalists_cap") or not kept:
+        return None
+    now = len(set(kept) | {"c0"})
+    if now > ctx.beam_width or affordable(state, ctx, kept):
+        return None
+    return now if affordable({**state, "finalists_cap": now}, ctx, kept) else None
+
+
+def fit_finalists(state: GradSumState, ranked: list[str]) -> list[str]:
+    """`ranked` (best first) without the members that would take the finalists (these
+    and the initial prompt) past the state's `finalists_cap`."""
+    cap = state.get("finalists_cap")
+    if not cap:
+        return ranked
+    kept: list[str] = []
+    for cid in ranked:
+        if len(set(kept) | {cid, "c0"}) <= cap:
+            kept.append(cid)
+    return kept
 
 
 def screen_pass_rate(state: GradSumState) -> float:
@@ -232,7 +266,15 @@ def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], l
                                        str(it): mean_score(records, cid, batch)}}  # type: ignore[dict-item]
         for cid in beam}
     probe = {**probe, "candidates": {**cands, **scored}}
-    kept = select_beam(probe, ctx.beam_width, form_rows=batch if ctx.form_progress else None)
+    kept = fit_finalists(probe, select_beam(probe, ctx.beam_width,
+                                            form_rows=batch if ctx.form_progress else None))
+    narrowed: dict[str, Any] = {}
+    if (cap := narrowed_finalists(probe, ctx, kept)) is not None:
+        narrowed = {"finalists_cap": cap}
+        probe = {**probe, **narrowed}  # type: ignore[typeddict-item]
+        events.append({"event": "finalists_cap", "iteration": it, "finalists": cap,
+                       "why": "the budget left pays for one more iteration if at most "
+                              f"{cap} prompts are validated at the end"})
     reason = stop_reason(probe, ctx, kept)
     if reason is None and not any(failed_rows(records, cid, batch) for cid in kept):
         extra = more_rows(state, ctx, batch)
@@ -240,7 +282,8 @@ def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], l
             events.append({"event": "more_rows", "iteration": it, "rows": len(extra),
                            "why": "the beam solved every row of the batch"})
             # Only the kept candidates go on: score them on the new rows.
-            return {"candidates": screened, "beam": kept, "batch": batch + extra}, events
+            return {"candidates": screened, "beam": kept, "batch": batch + extra,
+                    **narrowed}, events
         reason = "train_solved"
     events += [{"event": "scored", "iteration": it, "candidate": cid,
                 "score": scored[cid]["scores"][str(it)]} for cid in beam]
@@ -250,7 +293,7 @@ def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], l
         events.append({"event": "beam_cut", "iteration": it, "kept": n,
                        "why": "the budget left pays for one more iteration from these"})
         kept = kept[:n]
-    update: dict[str, Any] = {"candidates": {**screened, **scored}, "beam": kept}
+    update: dict[str, Any] = {"candidates": {**screened, **scored}, "beam": kept, **narrowed}
     if reason:
         update["stop_reason"] = reason
     return update, events
@@ -300,6 +343,7 @@ def beam_on_stop(state: GradSumState, ctx: GradSumContext) -> list[str]:
     if state.get("iteration", 0) > 0 and len(kept) < ctx.beam_width:
         last = select_beam({**state, "iteration": state["iteration"] - 1}, ctx.beam_width)
         kept += [cid for cid in last if cid not in kept][: ctx.beam_width - len(kept)]
+    kept = fit_finalists(state, kept)
     return kept or [cid for cid in state.get("beam", []) if cid == "c0"]
 
 

@@ -233,6 +233,9 @@ class GradSumState(TypedDict, total=False):
     paid: Annotated[list[str], operator.add]
     """Call-cache keys of the calls counted in `usage` (only with a call cache), so a
     resumed run neither repeats nor miscounts the calls of an interrupted step."""
+    finalists_cap: int
+    """Set when the budget left only pays for another iteration if fewer prompts than
+    the beam and the initial prompt are validated at the end: at most this many."""
     stop_reason: str | None
     best_id: str | None
 

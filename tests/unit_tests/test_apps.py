@@ -483,3 +483,29 @@ def test_a_langgraph_graph_reading_its_system_prompt_from_context_is_optimized()
 def test_a_bare_prompt_with_no_placeholder_is_still_an_error() -> None:
     with pytest.raises(ValueError, match="no {variables}"):
         optimizer(scripted()).optimize("Answer the question.", qa_rows(2))
+
+
+def test_a_chain_and_its_bare_prompt_send_the_same_calls_and_get_the_same_result() -> None:
+    # the benchmark's agreement row (rag_nq_open, bare vs `prompt | model | parser`):
+    # with a deterministic model both paths send identical messages in every role, so a
+    # difference on a real server comes from the server, not from the app path
+    def respond(text: str, role: str) -> Any:
+        if role == "edit":  # the edit depends on every character the editor was shown
+            return f"<prompt>{GOOD} {sum(map(ord, text)) % 97}: {{question}}</prompt>"
+        if role == "generate":
+            return "B" if GOOD in text and text.endswith(("0", "2", "4")) else "A"
+        return Script()(text, role)
+
+    runs = []
+    for use_chain in (False, True):
+        task, meta = ScriptedChatModel(respond=respond), ScriptedChatModel(respond=respond)
+        target = chain(task) if use_chain else "Q: {question}"
+        result = optimizer(None if use_chain else task, optimizer_model=meta, max_iterations=3,
+                           minibatch_size=3).optimize(target, qa_rows(9), qa_rows(5, "v"))
+        runs.append((result, sorted(task.calls, key=str), sorted(meta.calls, key=str)))
+    (bare, bare_task, bare_meta), (app, app_task, app_meta) = runs
+    assert [c[:2] for c in bare_task] == [c[:2] for c in app_task]
+    assert [c[:2] for c in bare_meta] == [c[:2] for c in app_meta]
+    assert (bare.best_template, bare.best_score, bare.total_calls) == (
+        app.best_template, app.best_score, app.total_calls)
+    assert bare.best_score > bare.initial_score  # the search did something to agree on

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import random
+import re
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from gradsum_fakes import context, qa_rows, scripted
+from gradsum_fakes import context, optimizer, qa_rows, scripted
 
 from langchain_gradsum.beam import (
     advance,
@@ -16,8 +17,10 @@ from langchain_gradsum.beam import (
     beam_on_stop,
     calls_needed_for_one_iteration,
     final_reserve,
+    fit_finalists,
     iteration_cost,
     iterations_without_improvement,
+    narrowed_finalists,
     route,
     select_beam,
     stop_reason,
@@ -156,6 +159,80 @@ def test_stop_when_the_budget_cannot_pay_for_another_iteration() -> None:
     need_one = iteration_cost(1, 4, c, 0.5) + final_reserve(state, c)
     assert affordable(spent(1000 - need_one + 1), c, kept) == 0
     assert stop_reason(spent(1000 - need_one + 1), c, kept) == "budget"
+
+
+def test_the_unneeded_part_of_the_final_reserve_buys_one_more_iteration() -> None:
+    # beam 3 reserves 4 prompts x 4 rows for the end; the finalists so far are c1 and c0
+    c = ctx(max_llm_calls=1000, minibatch_size=2, beam_width=3, candidates_per_prompt=2)
+    state = running_state()
+    kept = select_beam(state, 3)
+    assert sorted(kept) == ["c0", "c1"]
+    need_one = iteration_cost(1, 4, c, 0.5)
+
+    def spent(n: int) -> dict[str, Any]:
+        return {**state, "usage": {"generate": {"calls": n, "input_tokens": 0,
+                                                "output_tokens": 0}}}
+
+    short = spent(1000 - need_one - final_reserve(state, c) + 1)
+    assert affordable(short, c, kept) == 0
+    assert narrowed_finalists(short, c, kept) == 2  # 2 prompts x 4 rows are enough
+    assert final_reserve({**short, "finalists_cap": 2}, c) == 2 * 4
+    assert stop_reason({**short, "finalists_cap": 2}, c, kept) is None
+    # nothing to gain when the reserve for 2 prompts does not leave enough either
+    assert narrowed_finalists(spent(1000 - need_one - 2 * 4 + 1), c, kept) is None
+    # nor when the budget pays anyway, or once the finalists are capped
+    assert narrowed_finalists(spent(0), c, kept) is None
+    assert narrowed_finalists({**short, "finalists_cap": 2}, c, kept) is None
+    # nor when the finalists so far already fill the worst case
+    four = state_of([cand("c0", 0, {0: 0.1, 1: 0.1})] + [cand(f"c{i}", 1, {1: 0.5})
+                                                       for i in (1, 2, 3)], iteration=1)
+    assert narrowed_finalists({**four, "usage": short["usage"]}, c,
+                              select_beam(four, 3)) is None
+
+
+def test_capped_finalists_keep_the_best_that_fit_with_the_initial_prompt() -> None:
+    state = {"finalists_cap": 2}
+    assert fit_finalists(state, ["c5", "c1"]) == ["c5"]  # c0 is validated anyway
+    assert fit_finalists(state, ["c5", "c0", "c1"]) == ["c5", "c0"]
+    assert fit_finalists({"finalists_cap": 1}, ["c5", "c0"]) == ["c0"]
+    assert fit_finalists({}, ["c5", "c1", "c2"]) == ["c5", "c1", "c2"]
+
+
+@pytest.mark.parametrize("cap", range(60, 181, 15))
+def test_with_capped_finalists_every_finalist_is_validated_on_every_row(cap: int) -> None:
+    # the start prompt answers every 2nd row, edit n every (n % 3 + 2)th: children tie
+    # or lose, the start prompt stays in the beam and most caps end narrowed (1 or 2)
+    def generate(text: str) -> str:
+        m = re.search(r"(?:v(\d+): )?[qv](\d+)", text)
+        n, i = int(m.group(1) or 0), int(m.group(2))  # type: ignore[union-attr]
+        return "B" if i % (n % 3 + 2) == 0 else "A"
+
+    events: list[dict[str, Any]] = []
+    result = optimizer(scripted(generate=generate), minibatch_size=4, beam_width=2,
+                       candidates_per_prompt=2, max_iterations=50, max_llm_calls=cap
+                       ).optimize("{question}", qa_rows(24), qa_rows(6, "v"),
+                                  on_event=events.append)
+    assert result.total_calls <= cap
+    finalists = [cid for cid, c in result.candidates.items() if c["val_score"] is not None]
+    assert "c0" in finalists and result.best_id in finalists
+    for cid in finalists:
+        assert all(f"{cid}|val|{i}" in result.records for i in range(6))
+    capped = [e["finalists"] for e in events if e["event"] == "finalists_cap"]
+    if capped:
+        assert len(finalists) <= capped[0]
+
+
+def test_capped_finalists_happen_in_a_run() -> None:
+    # the property above is not empty: at 150 calls the run narrows to 2 finalists
+    # and then spends the whole cap
+    events: list[dict[str, Any]] = []
+    result = optimizer(scripted(generate=lambda t: "B" if t.endswith(("0", "2", "4", "6", "8"))
+                                else "A"),
+                       minibatch_size=4, beam_width=2, candidates_per_prompt=2,
+                       max_iterations=50, max_llm_calls=150).optimize(
+        "{question}", qa_rows(24), qa_rows(6, "v"), on_event=events.append)
+    assert any(e["event"] == "finalists_cap" for e in events)
+    assert result.total_calls >= 0.85 * 150
 
 
 def test_should_stop_callback() -> None:
