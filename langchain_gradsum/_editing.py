@@ -9,7 +9,7 @@ makes the usable prompts candidates, each with its screen.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage, HumanMessage
@@ -23,7 +23,7 @@ from langchain_gradsum._templates import (
     template_variables,
 )
 from langchain_gradsum.feedback import edit_history, evidence, show_inputs
-from langchain_gradsum.state import Candidate, GradSumContext, GradSumState
+from langchain_gradsum.state import Candidate, GradSumContext, GradSumState, record_key
 
 EditJob = tuple[str, int, str, str]
 """(parent id, child number, feedback, strategy: "instruction" or "rewrite:<k>")."""
@@ -220,13 +220,40 @@ class EditGuard:
             # instruction overfit it (the 1.5B editor does this)
             return ("rejected: mentions the details of an example it was shown; write "
                     "instructions that hold for every input")
-        if copied_example(template, [batch_evidence(state, self.ctx, cid)],
-                          original=state["prompt"]) is not None:
+        shown = batch_evidence(state, self.ctx, cid)
+        if copied_example(template, [shown], original=state["prompt"]) is not None or \
+                pasted_length(template, [shown, str(job[2]), *self._comments(cid)],
+                              known=state["candidates"][cid]["template"]):
             # small editors paste the measurements in: they describe past outputs, they
             # are not instructions
             return ("rejected: copies the evaluation's measurements into the prompt; write "
                     "instructions instead")
         return None
+
+
+    def _comments(self, cid: str) -> list[str]:
+        """The evaluator comments on `cid`'s replies in this iteration's batch."""
+        records = self.state.get("records", {})
+        return [str(records.get(record_key(cid, "train", i), {}).get("feedback") or "")
+                for i in beam_mod.current_batch(self.state, self.ctx)]
+
+
+_LENGTH = re.compile(r"\b(\d+)\s+(?:words?|tokens?|characters?)\b", re.I)
+_REPLY_LENGTH = re.compile(r"Replies are (\d+) words? long|\((\d+) words?: ")
+
+
+def pasted_length(template: str, shown: Sequence[str], known: str) -> bool:
+    """Whether `template` states a length ("126 words") that the editor was shown as the
+    measured length of past replies (the evidence's average, an evaluator comment's
+    "(126 words: ...)"), and that `known` (the parent prompt) does not already state.
+    That describes past replies; it is not an instruction (a svamp child ended "... and
+    is 126 words long on average"). The expected answers' length ("about 2 words") is
+    a form the prompt may ask for."""
+    measured = {n for text in shown for m in _REPLY_LENGTH.finditer(text)
+                for n in m.groups() if n}
+    known_numbers = {m.group(1) for m in _LENGTH.finditer(known)}
+    return any(m.group(1) in measured and m.group(1) not in known_numbers
+               for m in _LENGTH.finditer(template))
 
 
 def new_children(state: GradSumState, ctx: GradSumContext, jobs: list[EditJob],

@@ -126,6 +126,29 @@ def test_a_rewrite_that_pastes_in_the_evidence_is_rejected() -> None:
     assert "copies the evaluation's measurements" in rt.events[0]["why"]
 
 
+@pytest.mark.parametrize(("instruction", "kept"), [
+    ("End with the final number, and is 6 words long.", False),  # a comment's length
+    ("Reply in at most 20 words.", True),  # a length nobody measured: an instruction
+    ("Reply in 1 word.", True),  # the expected answers' length is a form to ask for
+])
+def test_an_edit_stating_a_measured_reply_length_is_rejected(instruction: str,
+                                                             kept: bool) -> None:
+    # the comment on row 0 measured its reply: "(6 words: ...)"; a svamp child pasted such
+    # a length into its prompt ("... and is 126 words long")
+    state = failing_state()
+    state["records"]["c0|train|0"]["feedback"] = (
+        "exact_match: 0 (the reply (6 words: 'The answer is yes, clearly.') is not 'yes')")
+    model = scripted(edit=lambda text: f"<instruction>{instruction}</instruction>")
+    rt = FakeRuntime(context(model, candidates_per_prompt=1, retry_unusable_edits=False))
+    out = edit(state, rt, {})
+    if kept:
+        assert [c["template"] for c in out["candidates"].values()] == [
+            f"{PROMPT}\n{instruction}"]
+    else:
+        assert out["candidates"] == {}
+        assert "copies the evaluation's measurements" in rt.events[0]["why"]
+
+
 def test_an_instruction_the_prompt_already_has_is_a_duplicate_and_re_asked() -> None:
     replies = iter(["<instruction>Q:</instruction>", "<instruction>Be brief.</instruction>"])
     model = scripted(edit=lambda text: next(replies))
