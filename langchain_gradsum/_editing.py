@@ -230,7 +230,6 @@ class EditGuard:
                     "instructions instead")
         return None
 
-
     def _comments(self, cid: str) -> list[str]:
         """The evaluator comments on `cid`'s replies in this iteration's batch."""
         records = self.state.get("records", {})

@@ -94,16 +94,17 @@ def narrowed_finalists(state: GradSumState, ctx: GradSumContext, kept: list[str]
 
     The final reserve plans for the worst case, `beam_width` + 1 prompts (the initial
     prompt may leave the beam). When that leaves too little for another iteration but
-    the prompts validated if the search stopped now (`kept` and the initial prompt)
-    leave enough, the search goes on with its finalists capped at that number
-    (:func:`fit_finalists`): the unused part of the reserve buys the iteration.
+    the prompts validated if the search stopped now (`kept` and the initial prompt,
+    and at least one place beside it, so a new child can still win) leave enough, the
+    search goes on with its finalists capped at that number (:func:`fit_finalists`):
+    the unused part of the reserve buys the iteration.
     """
     if ctx.max_llm_calls is None or state.get("finalists_cap") or not kept:
         return None
-    now = len(set(kept) | {"c0"})
-    if now > ctx.beam_width or affordable(state, ctx, kept):
+    cap = max(len(set(kept) | {"c0"}), 2)
+    if cap > ctx.beam_width or affordable(state, ctx, kept):
         return None
-    return now if affordable({**state, "finalists_cap": now}, ctx, kept) else None
+    return cap if affordable({**state, "finalists_cap": cap}, ctx, kept) else None
 
 
 def fit_finalists(state: GradSumState, ranked: list[str]) -> list[str]:

@@ -183,6 +183,11 @@ def test_the_unneeded_part_of_the_final_reserve_buys_one_more_iteration() -> Non
     # nor when the budget pays anyway, or once the finalists are capped
     assert narrowed_finalists(spent(0), c, kept) is None
     assert narrowed_finalists({**short, "finalists_cap": 2}, c, kept) is None
+    # the start prompt alone: room for it and one child (a cap of 1 would pay for
+    # iterations whose children could never be validated)
+    alone = {**state_of([cand("c0", 0, {0: 0.5, 1: 0.4})], iteration=1),
+             "usage": short["usage"]}
+    assert narrowed_finalists(alone, c, ["c0"]) == 2
     # nor when the finalists so far already fill the worst case
     four = state_of([cand("c0", 0, {0: 0.1, 1: 0.1})] + [cand(f"c{i}", 1, {1: 0.5})
                                                        for i in (1, 2, 3)], iteration=1)
