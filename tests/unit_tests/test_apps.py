@@ -509,3 +509,24 @@ def test_a_chain_and_its_bare_prompt_send_the_same_calls_and_get_the_same_result
     assert (bare.best_template, bare.best_score, bare.total_calls) == (
         app.best_template, app.best_score, app.total_calls)
     assert bare.best_score > bare.initial_score  # the search did something to agree on
+
+
+def test_a_chain_and_its_bare_prompt_send_byte_identical_requests_over_http() -> None:
+    # the same check through a real OpenAI client and HTTP: every request body (messages,
+    # model, temperature, token cap, tools) of the app path equals the bare path's
+    from fake_openai_server import FakeOpenAIServer
+
+    from langchain_gradsum.local_llm import local_chat_model
+
+    bodies = []
+    for use_chain in (False, True):
+        server = FakeOpenAIServer(Script())
+        with server.serving():
+            task = local_chat_model(server.base_url, max_tokens=64)
+            meta = local_chat_model(server.base_url, max_tokens=350)
+            target = chain(task) if use_chain else "Q: {question}"
+            optimizer(None if use_chain else task, optimizer_model=meta, criteria="Say B.",
+                      max_iterations=2, minibatch_size=2, max_concurrency=1).optimize(
+                target, qa_rows(4), qa_rows(2, "v"))
+        bodies.append(sorted(json.dumps(b, sort_keys=True) for b in server.bodies))
+    assert len(bodies[0]) > 10 and bodies[0] == bodies[1]
