@@ -49,6 +49,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -770,6 +771,33 @@ def comparisons(runs: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, An
     return out
 
 
+LABEL_METRICS = ("exact_match", "choice_match")
+"""Metrics scoring a label, where one fixed reply for every row has a score to beat."""
+
+
+@cache
+def _answers(task: str) -> tuple[str, ...] | None:
+    """Every reference answer of `task`'s data set (None when the data is not here)."""
+    try:
+        rows = load_rows(DEFAULT_DATA, TASKS[task])
+    except (OSError, KeyError):
+        return None
+    return tuple(str(r["outputs"].get("answer", "")).strip() for r in rows)
+
+
+def constant_reply(run: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The best fixed reply on `run`'s test rows (a label task's most frequent answer) and
+    the paired comparison of `run` with it; None for other metrics or without the data."""
+    answers = _answers(run["task"])
+    rows = run.get("test_rows") or []
+    if TASKS[run["task"]].metric.__name__ not in LABEL_METRICS or answers is None or \
+            not rows or not all("row" in x for x in rows):
+        return None
+    labels = [answers[x["row"]] for x in rows]
+    top = max(sorted(set(labels)), key=labels.count)
+    return top, compare([float(a == top) for a in labels], [float(x["score"]) for x in rows])
+
+
 def _fmt_cmp(c: dict[str, Any] | None) -> str:
     if not c:
         return "-"
@@ -783,9 +811,10 @@ def table(results_dir: Path = RESULTS) -> str:
     runs = load_runs(results_dir)
     lines = ["| task | optimizer | seed | test score | 95% CI (Wilson) | "
              "vs initial: diff [95% CI], p | vs gradsum: diff [95% CI], p | "
+             "vs best constant reply: diff [95% CI], p | "
              "opt calls / cap | stop | test calls | out tok / test call | tokens | "
              "opt wall s | total wall s | date |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         o, t = r["optimization"], r["test"]
         budget = f"{o['calls']} / {o['budget']}" if o.get("budget") else "0"
@@ -798,11 +827,13 @@ def table(results_dir: Path = RESULTS) -> str:
         if mean_out is None and t.get("calls"):
             mean_out = t.get("completion_tokens", 0) / t["calls"]
         cmp_ = comparisons(runs, r)
+        const = constant_reply(r)
+        vs_const = f"'{const[0]}' always: {_fmt_cmp(const[1])}" if const else "-"
         lines.append(
             f"| {r['task']} | {r['optimizer']}{err} | {run_seed(r)} | "
             f"{r['test_correct']:g}/{r['test_n']} = {r['test_score']:.2f} | "
             f"{r['ci95_wilson'][0]:.2f}-{r['ci95_wilson'][1]:.2f} | "
-            f"{_fmt_cmp(cmp_['initial'])} | {_fmt_cmp(cmp_['gradsum'])} | "
+            f"{_fmt_cmp(cmp_['initial'])} | {_fmt_cmp(cmp_['gradsum'])} | {vs_const} | "
             f"{budget} | {stop or '-'} | {t['calls']} | "
             f"{'-' if mean_out is None else f'{mean_out:.0f}'} | {r['total_tokens']} | "
             f"{o['wall_s']:.0f} | {r['wall_s']:.0f} | {r['date_utc'][:10]} |")

@@ -224,3 +224,18 @@ def test_result_names_and_pairing(tmp_path: Path) -> None:
     assert a == b
     text = run.table(tmp_path)
     assert "+0.15 [" in text and "p=6e-05" in text and "140 / 150" in text
+
+
+def test_a_label_task_run_is_compared_with_its_best_constant_reply(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the bbh_sports winner that answers "no" everywhere scores exactly the share of "no"
+    answers = ("no",) * 7 + ("yes",) * 3
+    monkeypatch.setattr(run, "_answers", lambda task: answers)
+    rows = [{"row": i, "score": float(a == "no")} for i, a in enumerate(answers)]
+    always_no = {"task": "bbh_sports_understanding", "test_rows": rows}
+    top, c = run.constant_reply(always_no)
+    assert top == "no" and c["diff"] == 0 and c["p_mcnemar"] == 1.0
+    right = {**always_no, "test_rows": [{"row": i, "score": 1.0} for i in range(10)]}
+    assert run.constant_reply(right)[1]["diff"] == pytest.approx(0.3)
+    # a metric that does not score a label has no constant to beat
+    assert run.constant_reply({**always_no, "task": "svamp"}) is None
