@@ -27,7 +27,7 @@ from langchain_gradsum.state import (
 )
 
 __all__ = ["advance", "affordable", "beam_on_stop", "calls_needed_for_one_iteration",
-           "current_batch", "failed_rows", "final_reserve", "fit_finalists",
+           "current_batch", "failed_rows", "final_reserve", "finalists", "fit_finalists",
            "iteration_cost", "narrowed_finalists", "route",
            "rows_to_score", "select_beam", "stop_reason"]
 
@@ -80,6 +80,12 @@ def _calls_per_row(ctx: GradSumContext) -> int:
     return task + (1 if ctx.criteria else 0)
 
 
+def finalists(beam: Sequence[str]) -> list[str]:
+    """The prompts the final validation scores: `beam` (ranked) and the initial prompt,
+    which always competes."""
+    return list(beam) + ([] if "c0" in beam else ["c0"])
+
+
 def final_reserve(state: GradSumState, ctx: GradSumContext) -> int:
     """Calls kept back for scoring the finalists on validation: the beam and the
     initial prompt, or only `finalists_cap` prompts once the search is narrowed."""
@@ -101,7 +107,7 @@ def narrowed_finalists(state: GradSumState, ctx: GradSumContext, kept: list[str]
     """
     if ctx.max_llm_calls is None or state.get("finalists_cap") or not kept:
         return None
-    cap = max(len(set(kept) | {"c0"}), 2)
+    cap = max(len(finalists(kept)), 2)
     if cap > ctx.beam_width or affordable(state, ctx, kept):
         return None
     return cap if affordable({**state, "finalists_cap": cap}, ctx, kept) else None
@@ -115,7 +121,7 @@ def fit_finalists(state: GradSumState, ranked: list[str]) -> list[str]:
         return ranked
     kept: list[str] = []
     for cid in ranked:
-        if len(set(kept) | {cid, "c0"}) <= cap:
+        if len(finalists([*kept, cid])) <= cap:
             kept.append(cid)
     return kept
 

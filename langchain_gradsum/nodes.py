@@ -239,7 +239,7 @@ def finalize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
     n = len(rows_of(state, split))
     it = state.get("iteration", 0)
     # Ranked order (ties go to the higher-ranked); the initial prompt always competes.
-    finalists = list(state.get("beam", [])) + (["c0"] if "c0" not in state.get("beam", []) else [])
+    finalists = beam_mod.finalists(state.get("beam", []))
     runtime.stream_writer({"event": "finalize", "split": split, "finalists": finalists,
                            "stop_reason": state.get("stop_reason"),
                            "calls": total_calls(state.get("usage"))})

@@ -95,6 +95,12 @@ def running_state(**extra: Any) -> dict[str, Any]:
                     **extra)
 
 
+def spent(state: dict[str, Any], calls: int) -> dict[str, Any]:
+    """`state` after `calls` LLM calls."""
+    return {**state, "usage": {"generate": {"calls": calls, "input_tokens": 0,
+                                            "output_tokens": 0}}}
+
+
 def test_no_stop_condition_holds() -> None:
     state = running_state()
     assert stop_reason(state, ctx(max_iterations=10), select_beam(state, 3)) is None
@@ -144,21 +150,16 @@ def test_stop_when_the_budget_cannot_pay_for_another_iteration() -> None:
     # without screening every child is scored on the batch (the paper's plan)
     assert iteration_cost(2, 4, ctx(**settings, screen_size=0)) == 2 * (2 + 1 + 2 + 3 * 2)
     assert final_reserve(state, c) == 4 * 4  # (beam_width + 1) prompts x 4 train rows
-    spent_ok = {"generate": {"calls": 1000 - need, "input_tokens": 0, "output_tokens": 0}}
-    assert stop_reason({**state, "usage": spent_ok}, c, kept) is None
-    assert affordable({**state, "usage": spent_ok}, c, kept) == 2
-
-    def spent(n: int) -> dict[str, Any]:
-        return {**state, "usage": {"generate": {"calls": n, "input_tokens": 0,
-                                                "output_tokens": 0}}}
+    assert stop_reason(spent(state, 1000 - need), c, kept) is None
+    assert affordable(spent(state, 1000 - need), c, kept) == 2
 
     # one call short for both: the search goes on from the best one
-    assert affordable(spent(1000 - need + 1), c, kept) == 1
-    assert stop_reason(spent(1000 - need + 1), c, kept) is None
+    assert affordable(spent(state, 1000 - need + 1), c, kept) == 1
+    assert stop_reason(spent(state, 1000 - need + 1), c, kept) is None
     # not even one fits: stop
     need_one = iteration_cost(1, 4, c, 0.5) + final_reserve(state, c)
-    assert affordable(spent(1000 - need_one + 1), c, kept) == 0
-    assert stop_reason(spent(1000 - need_one + 1), c, kept) == "budget"
+    assert affordable(spent(state, 1000 - need_one + 1), c, kept) == 0
+    assert stop_reason(spent(state, 1000 - need_one + 1), c, kept) == "budget"
 
 
 def test_the_unneeded_part_of_the_final_reserve_buys_one_more_iteration() -> None:
@@ -169,19 +170,15 @@ def test_the_unneeded_part_of_the_final_reserve_buys_one_more_iteration() -> Non
     assert sorted(kept) == ["c0", "c1"]
     need_one = iteration_cost(1, 4, c, 0.5)
 
-    def spent(n: int) -> dict[str, Any]:
-        return {**state, "usage": {"generate": {"calls": n, "input_tokens": 0,
-                                                "output_tokens": 0}}}
-
-    short = spent(1000 - need_one - final_reserve(state, c) + 1)
+    short = spent(state, 1000 - need_one - final_reserve(state, c) + 1)
     assert affordable(short, c, kept) == 0
     assert narrowed_finalists(short, c, kept) == 2  # 2 prompts x 4 rows are enough
     assert final_reserve({**short, "finalists_cap": 2}, c) == 2 * 4
     assert stop_reason({**short, "finalists_cap": 2}, c, kept) is None
     # nothing to gain when the reserve for 2 prompts does not leave enough either
-    assert narrowed_finalists(spent(1000 - need_one - 2 * 4 + 1), c, kept) is None
+    assert narrowed_finalists(spent(state, 1000 - need_one - 2 * 4 + 1), c, kept) is None
     # nor when the budget pays anyway, or once the finalists are capped
-    assert narrowed_finalists(spent(0), c, kept) is None
+    assert narrowed_finalists(spent(state, 0), c, kept) is None
     assert narrowed_finalists({**short, "finalists_cap": 2}, c, kept) is None
     # the start prompt alone: room for it and one child (a cap of 1 would pay for
     # iterations whose children could never be validated)
