@@ -51,14 +51,16 @@ def replay(task_name: str, run_file: Path, data_dir: Path, model: Any, k: int) -
     for i, row in enumerate(stored["test_rows"]):
         res = run_evaluator(task.metric, test[i]["inputs"], row["output"], test[i]["outputs"])
         if res.score < 1:
-            failures.append((test[i], row["output"], res))
+            # a stored reply as long as the task's token cap stopped there
+            cut = (row.get("output_tokens") or 0) >= task.max_tokens
+            failures.append((test[i], row["output"], res, cut))
     failures = failures[:k]
     if not failures:
         return {"task": task_name, "failures": 0}
-    train = [ex for ex, _, _ in failures]
-    records = {f"c0|train|{i}": {"output": out, "score": res.score,
+    train = [ex for ex, _, _, _ in failures]
+    records = {f"c0|train|{i}": {"output": out, "score": res.score, "truncated": cut,
                                  "feedback": f"{res.key}: {res.score:g} ({res.comment})"}
-               for i, (_, out, res) in enumerate(failures)}
+               for i, (_, out, res, cut) in enumerate(failures)}
     state: dict[str, Any] = {
         "prompt": task.template, "train": train, "val": [], "iteration": 0,
         "batch": list(range(len(train))), "beam": ["c0"], "records": records,
@@ -78,7 +80,8 @@ def replay(task_name: str, run_file: Path, data_dir: Path, model: Any, k: int) -
     form = FORM[task.metric.__name__]
     return {
         "task": task_name, "failures": len(failures),
-        "comments": [res.comment for _, _, res in failures],
+        "comments": [res.comment for _, _, res, _ in failures],
+        "cut_off": sum(cut for *_, cut in failures),
         "critiques": c0["gradients"].get("0", []),
         "summary": c0["summaries"].get("0"),
         "new_prompts": [{"strategy": c["strategy"], "template": c["template"],

@@ -26,7 +26,11 @@ from langchain_gradsum.feedback import edit_history, evidence, show_inputs
 from langchain_gradsum.state import Candidate, GradSumContext, GradSumState, record_key
 
 EditJob = tuple[str, int, str, str]
-"""(parent id, child number, feedback, strategy: "instruction" or "rewrite:<k>")."""
+"""(parent id, child number, feedback, strategy: "instruction", "shorten" or
+"rewrite:<k>")."""
+
+ADDED = ("instruction", "shorten")
+"""The strategies whose edit is one instruction added to the parent."""
 
 
 def new_candidate(
@@ -57,9 +61,20 @@ def edit_jobs(state: GradSumState, ctx: GradSumContext) -> list[EditJob]:
         else:
             feedback = cand["gradients"].get(key, [])[: ctx.candidates_per_prompt]
         offset = 1 if ctx.instruction_edits else 0
-        jobs += [(cid, k, fb, "instruction" if k < offset else f"rewrite:{k - offset}")
+        added = "shorten" if ctx.shorten_edits and mostly_cut_off(state, ctx, cid) \
+            else "instruction"
+        jobs += [(cid, k, fb, added if k < offset else f"rewrite:{k - offset}")
                  for k, fb in enumerate(feedback)]
     return jobs
+
+
+def mostly_cut_off(state: GradSumState, ctx: GradSumContext, cid: str) -> bool:
+    """Whether at least half of `cid`'s failed replies on the batch stopped at the token
+    cap: then less text, not another instruction about the answer, is the fix."""
+    records = state.get("records", {})
+    failed = beam_mod.failed_rows(records, cid, beam_mod.current_batch(state, ctx))
+    cut = sum(1 for i in failed if records[record_key(cid, "train", i)].get("truncated"))
+    return bool(failed) and 2 * cut >= len(failed)
 
 
 def edit_ask(state: GradSumState, ctx: GradSumContext, job: EditJob) -> str:
@@ -72,6 +87,8 @@ def edit_ask(state: GradSumState, ctx: GradSumContext, job: EditJob) -> str:
         "evidence": batch_evidence(state, ctx, cid),
         "history": edit_history(state["candidates"], cid),
     }
+    if strategy == "shorten":
+        return ctx.meta_prompts.edit_shorten.format(**fields)
     if strategy == "instruction":
         return ctx.meta_prompts.edit_instruction.format(**fields)
     variants = ctx.meta_prompts.edit_variants
@@ -153,7 +170,7 @@ class EditGuard:
         # the words the editor was given by the meta-prompts are not an example's details
         mp = ctx.meta_prompts
         self.meta_words = "\n".join([mp.gradient, mp.summarize, mp.edit, mp.edit_instruction,
-                                      *mp.edit_variants])
+                                      mp.edit_shorten, *mp.edit_variants])
 
     def critiqued(self, cid: str) -> list[str]:
         """The inputs of the rows `cid` was critiqued on (the editor saw their details)."""
@@ -164,7 +181,7 @@ class EditGuard:
 
     def proposal(self, job: EditJob, reply: str) -> str:
         """The new prompt text a reply proposes (an added instruction is appended)."""
-        if job[3] != "instruction":
+        if job[3] not in ADDED:
             return extract_prompt(reply)
         text = extract_instruction(reply)
         try:
@@ -296,10 +313,15 @@ def extract_prompt(reply: str) -> str:
     return _without_repeats(_ECHOED.sub("", text).strip())
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
 def _without_repeats(text: str) -> str:
-    """`text` without the lines that repeat an earlier line word for word: a small
-    editor can loop on one sentence until its reply cap (the mmlu winner of 2026-12-02
-    said "If your reply is not in the correct format, ..." six times)."""
+    """`text` without the lines, and the sentences within a line, that repeat an
+    earlier one word for word: a small editor can loop on one sentence until its reply
+    cap (the mmlu winner of 2026-12-02 said "If your reply is not in the correct
+    format, ..." on six lines; a svamp rewrite said "The answer must be a whole number,
+    not a decimal or fraction." twenty times on one line)."""
     seen: set[str] = set()
     kept = []
     for line in text.splitlines():
@@ -307,6 +329,16 @@ def _without_repeats(text: str) -> str:
         if key and key in seen:
             continue
         seen.add(key)
+        sentences = _SENTENCE_END.split(line)
+        if len(sentences) > 1:
+            new: list[str] = []
+            for sentence in sentences:
+                skey = " ".join(sentence.split()).lower()
+                if skey in seen and skey.endswith((".", "!", "?")):
+                    continue
+                seen.add(skey)
+                new.append(sentence)
+            line = " ".join(new)
         kept.append(line)
     return "\n".join(kept)
 

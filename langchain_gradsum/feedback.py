@@ -18,11 +18,19 @@ from typing import Any
 from langchain_gradsum.prompts import MISTAKE_KINDS
 from langchain_gradsum.state import FULL_MARKS, Candidate, Example, Record, record_key
 
-__all__ = ["answer_shape", "clip_shown", "critique_kind", "edit_history", "evidence", "in_form",
-           "kind_counts", "show_inputs", "show_reference"]
+__all__ = ["CUT_OFF", "answer_shape", "clip_shown", "critique_kind", "edit_history", "evidence",
+           "in_form", "kind_counts", "show_feedback", "show_inputs", "show_output",
+           "show_reference"]
 
 SHOW_LIMIT = 2000
 """Characters of one value (an input, a reference, an output) a meta-prompt shows."""
+
+CUT_OFF = ("The reply was cut off at the length limit before it finished, so it never "
+           "reached its final answer: the prompt must ask for a shorter reply.")
+"""What the critique is told about a reply that stopped at the token cap. An evaluator
+sees only the text, so its comment ("the reply's final number is 100, expected 16")
+does not say why; without this line the 1.5B critic called 4 of 4 cut-off svamp replies
+a missing final number, and no edit asked for brevity."""
 
 _KIND = re.compile(r"^\W*kind\W*[:\-]\s*\**\s*([a-z]+)", re.I | re.M)
 _WORD = re.compile(r"[^\w\s]")
@@ -84,6 +92,11 @@ def evidence(
         return "- (nothing measured yet)"
     failed = [(i, r) for i, r in recs if r["score"] < FULL_MARKS]
     lines = [f"- {len(failed)} of {len(recs)} replies fell short of full marks."]
+    cut = sum(1 for _, r in failed if r.get("truncated"))
+    if cut:  # first: the fix (a shorter reply) is not what the other lines suggest
+        lines.append(f"- {cut} of the {len(failed)} failed replies were cut off at the "
+                     "length limit before they reached the answer: the prompt must ask "
+                     "for brief working, a few short lines, then the answer.")
     replies = [r.get("output") or "" for _, r in recs]
     words = sum(len(t.split()) for t in replies) / len(replies)
     answers = [a for i, _ in recs if (a := _answer(train[i])) is not None]
@@ -101,10 +114,6 @@ def evidence(
             lines.append(f"- {present} of the {len(failed)} failed replies contain the "
                          "expected answer, yet fail: their form is the problem, not their "
                          "content.")
-        cut = sum(1 for _, r in failed if r.get("truncated"))
-        if cut:
-            lines.append(f"- {cut} of the {len(failed)} failed replies were cut off at the "
-                         "length limit before they finished: ask for a shorter reply.")
         comments = []
         for i, r in failed:
             for line in (r.get("feedback") or "").splitlines():
@@ -192,6 +201,18 @@ def edit_history(candidates: Mapping[str, Candidate], parent_id: str, *, limit: 
 
 
 # --- how a row is shown in the meta-prompts --------------------------------------------
+
+
+def show_output(record: Record) -> str:
+    """A recorded reply as the critique sees it: clipped, marked where it was cut off."""
+    text = clip_shown(record.get("output") or f"(the call failed: {record.get('error')})")
+    return text + " …(cut off here)" if record.get("truncated") else text
+
+
+def show_feedback(record: Record) -> str:
+    """What the evaluation said of a reply, with `CUT_OFF` first if it was cut off."""
+    said = record.get("feedback") or "(no comment)"
+    return f"{CUT_OFF}\n{said}" if record.get("truncated") else said
 
 
 def clip_shown(text: str, limit: int = SHOW_LIMIT) -> str:

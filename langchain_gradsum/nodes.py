@@ -34,7 +34,13 @@ from langchain_gradsum._scoring import (
     split_score,
 )
 from langchain_gradsum.data import minibatch_indices
-from langchain_gradsum.feedback import clip_shown, kind_counts, show_inputs, show_reference
+from langchain_gradsum.feedback import (
+    kind_counts,
+    show_feedback,
+    show_inputs,
+    show_output,
+    show_reference,
+)
 from langchain_gradsum.state import (
     GradSumContext,
     GradSumState,
@@ -133,10 +139,10 @@ def gradient(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
             task_description=ctx.task_description or "(not given)",
             prompt=state["candidates"][cid]["template"],
             inputs=show_inputs(ex),
-            output=clip_shown(rec.get("output") or f"(the call failed: {rec.get('error')})"),
+            output=show_output(rec),
             reference=show_reference(ex),
             score=f"{rec['score']:.2f}",
-            feedback=rec.get("feedback") or "(no comment)",
+            feedback=show_feedback(rec),
         )
         return caller.text("gradient", optimizer_model, message, iteration=it,
                            candidate_id=cid, example=i)

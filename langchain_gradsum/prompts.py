@@ -15,6 +15,7 @@ __all__ = [
     "EDIT_INSTRUCTION_PROMPT",
     "EDIT_PROMPT",
     "EDIT_RETRY_PROMPT",
+    "EDIT_SHORTEN_PROMPT",
     "EDIT_VARIANTS",
     "GRADIENT_PROMPT",
     "JUDGE_PROMPT",
@@ -89,7 +90,8 @@ Kind: <one word: format, reasoning, misread, knowledge or incomplete>
 The kinds: format = the reply has the wrong form (extra words around the answer, no \
 clear final answer, the answer not where or how it is expected); reasoning = a wrong \
 step or calculation; misread = the question or input was misunderstood; knowledge = \
-a fact was wrong or missing; incomplete = the reply stopped before the answer.
+a fact was wrong or missing; incomplete = the reply stopped before the answer (if it \
+was cut off at the length limit, say that the prompt must ask for brief working).
 In the paragraph, say which general instruction the prompt lacks that would prevent \
 this kind of mistake on any input (if the form is wrong, say exactly what form the \
 reply must take). Do not mention the names, numbers or details of this example, and \
@@ -167,9 +169,34 @@ What the evaluation measured on the examples:
 Write the one instruction (one or two sentences) that, added at the end of the \
 current prompt, fixes the most common problem in the feedback. Address the assistant \
 directly. If the problem is the form of the reply, say exactly what form the reply \
-must take (for example "Reply with only ..." or "End your reply with ..."). Do not \
-repeat the current prompt and do not mention a single example.
+must take (for example "Reply with only ..." or "End your reply with ..."). If replies \
+were cut off at the length limit, ask for brief working (for example "Keep your working \
+short, a few lines at most, ..."). Do not repeat the current prompt and do not mention \
+a single example.
 Reply with only the instruction, between <instruction> and </instruction>."""
+
+EDIT_SHORTEN_PROMPT = """\
+You are improving a prompt that instructs an AI assistant.
+
+Task of the assistant: {task_description}
+
+Current prompt (between the tags):
+<current_prompt>
+{prompt}
+</current_prompt>
+
+Problem: the assistant's replies are too long. Most of them were cut off at the length \
+limit before they reached the answer, so they failed.
+
+Write the one instruction (one or two sentences) that, added at the end of the current \
+prompt, makes the assistant keep its working brief, a few short lines at most, and then \
+give the answer. Say exactly what form the answer must take, as the task above states it \
+(for example "End your reply with ..."). Address the assistant directly.
+Reply with only the instruction, between <instruction> and </instruction>."""
+"""The editor's ask for a ``shorten`` child: one added instruction, written when most of
+its parent's failed replies were cut off at the token cap (``shorten_edits``). The 1.5B
+critic and summary call such failures a missing final answer, and instructions written
+from them ask for the answer, not for less text; this ask names the problem alone."""
 
 EDIT_RETRY_PROMPT = """\
 That cannot be used ({why}). Write a different one that follows the rules above. \
@@ -191,7 +218,8 @@ instruction (``EDIT_INSTRUCTION_PROMPT``), and its later children are rewrites."
 @dataclass(frozen=True)
 class MetaPrompts:
     """The meta-prompts (judge, gradient, summary, edit, added-instruction edit), the
-    edit's retry message, and the asks that make an edit's children differ.
+    edit's retry message, the feedback of a shortening edit, and the asks that make an
+    edit's children differ.
     Replace any to change how a module talks to its LLM."""
 
     judge: str = JUDGE_PROMPT
@@ -201,6 +229,7 @@ class MetaPrompts:
     edit_instruction: str = EDIT_INSTRUCTION_PROMPT
     edit_variants: tuple[str, ...] = EDIT_VARIANTS
     edit_retry: str = EDIT_RETRY_PROMPT
+    edit_shorten: str = EDIT_SHORTEN_PROMPT
 
     def __post_init__(self) -> None:
         variants = self.edit_variants
@@ -242,6 +271,7 @@ _OPTIONAL = {
     "edit": {"task_description", "variant", "evidence", "history"},
     "edit_instruction": {"task_description", "evidence", "history"},
     "edit_retry": {"why"},
+    "edit_shorten": {"task_description"},
 }
 
 

@@ -96,8 +96,10 @@ class Candidate(TypedDict):
     """Mean minibatch score, by iteration (as a string key)."""
     val_score: float | None
     strategy: NotRequired[str | None]
-    """How the edit was asked for: ``"instruction"`` (one added instruction) or
-    ``"rewrite:<k>"`` (a rewrite with edit variant k); ``None`` for the initial prompt."""
+    """How the edit was asked for: ``"instruction"`` (one added instruction),
+    ``"shorten"`` (one added instruction asking for brief working, see ``shorten_edits``)
+    or ``"rewrite:<k>"`` (a rewrite with edit variant k); ``None`` for the initial
+    prompt."""
     screen: NotRequired[Screen | None]
     """A child's screen: its score on the failures it was written for, against its
     parent's (``None`` when not screened, e.g. the initial prompt)."""
@@ -333,6 +335,10 @@ class GradSumContext:
     instruction_edits: bool = field(default=True, metadata={"description": (
         "A parent's first child adds one instruction to it (short and reliable for a small "
         "editor model); the others are rewrites.")})
+    shorten_edits: bool = field(default=True, metadata={"description": (
+        "When most of a prompt's failed replies on the batch were cut off at the token cap, "
+        "its added-instruction child is written to ask for brief working (strategy "
+        "`shorten`; needs `instruction_edits`).")})
     prefer_short_outputs: bool = field(default=True, metadata={"description": (
         "At equal validation score, pick the prompt with shorter outputs (cheaper).")})
     form_progress: bool = field(default=True, metadata={"description": (
@@ -340,8 +346,8 @@ class GradSumContext:
         "(an option label, yes/no, a number) on more rows: in screens and the beam.")})
     seed: int = field(default=0, metadata={"description": "Seed of the minibatch sampling."})
     meta_prompts: MetaPrompts = field(default_factory=MetaPrompts, metadata={"description": (
-        "The judge, gradient, summary and edit prompts, the edit variants and the edit "
-        "retry message (override any of them).")})
+        "The judge, gradient, summary and edit prompts, the edit variants, the edit "
+        "retry message and the shortening ask (override any of them).")})
 
     def __post_init__(self) -> None:
         from langchain_gradsum._knobs import check_knob, knobs

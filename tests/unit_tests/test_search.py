@@ -207,6 +207,62 @@ def test_without_instruction_edits_every_child_is_a_rewrite() -> None:
     assert all("Write an improved prompt" in t for t in edits_of(model))
 
 
+def cut_off_state() -> dict[str, Any]:
+    """`failing_state` with both failed replies (rows 0 and 2) cut off at the token cap."""
+    state = failing_state()
+    for i in (0, 2):
+        state["records"][f"c0|train|{i}"]["truncated"] = True
+    return state
+
+
+def test_when_most_failed_replies_were_cut_off_the_added_instruction_asks_for_brevity(
+) -> None:
+    def reply(text: str) -> str:
+        if "replies are too long" in text:
+            return "<instruction>Keep your working to a few lines.</instruction>"
+        return f"<prompt>{GOOD}: {{question}}</prompt>"
+
+    model = scripted(edit=reply)
+    out = edit(cut_off_state(), FakeRuntime(context(model, candidates_per_prompt=2)), {})
+    c1, c2 = out["candidates"]["c1"], out["candidates"]["c2"]
+    assert c1["strategy"] == "shorten" and c2["strategy"] == "rewrite:0"
+    assert c1["template"] == "Q: {question}\nKeep your working to a few lines."
+    ask = edits_of(model)[0]
+    assert "cut off at the length limit" in ask and "SUMMARY" not in ask
+
+
+@pytest.mark.parametrize(("cut", "shorten_edits", "strategy"), [
+    ((2,), True, "shorten"),          # 1 of 2 failures cut off: half is enough
+    ((), True, "instruction"),        # none cut off
+    ((1,), True, "instruction"),      # row 1 was right: its cut-off does not count
+    ((0, 2), False, "instruction"),   # the knob off
+])
+def test_the_shorten_strategy_needs_half_the_failures_cut_off_and_the_knob(
+        cut: tuple[int, ...], shorten_edits: bool, strategy: str) -> None:
+    state = failing_state()
+    for i in cut:
+        state["records"][f"c0|train|{i}"]["truncated"] = True
+    model = scripted()
+    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1,
+                                          shorten_edits=shorten_edits)), {})
+    assert [c["strategy"] for c in out["candidates"].values()] == [strategy]
+
+
+def test_a_critique_is_told_that_its_reply_was_cut_off() -> None:
+    from langchain_gradsum.nodes import gradient
+
+    model = scripted(gradient=lambda text: "Kind: incomplete\nAsk for brevity.")
+    gradient(cut_off_state(), FakeRuntime(context(model, max_gradients_per_prompt=2)), {})
+    asks = [t for r, t, _ in model.calls if r == "gradient"]
+    assert len(asks) == 2
+    assert all("cut off at the length limit before it finished" in a for a in asks)
+    assert all("…(cut off here)" in a for a in asks)
+    model = scripted(gradient=lambda text: "Kind: format\nx")
+    gradient(failing_state(), FakeRuntime(context(model)), {})
+    assert not any("before it finished" in t or "(cut off here)" in t
+                   for r, t, _ in model.calls if r == "gradient")
+
+
 def test_without_screening_children_go_straight_to_the_batch() -> None:
     model = scripted()
     out = edit(failing_state(), FakeRuntime(context(model, screen_size=0)), {})
@@ -258,6 +314,7 @@ def test_evidence_reports_form_failures_truncation_and_answer_shapes() -> None:
     assert "2 of 3 replies fell short of full marks" in text
     assert "1 of the 2 failed replies contain the expected answer" in text
     assert "1 of the 2 failed replies were cut off at the length limit" in text
+    assert text.splitlines()[1].startswith("- 1 of the 2 failed replies were cut off")
     assert "Expected answers are yes or no." in text
     # the evaluator's own comment, the one row's answer masked (the form stays)
     assert "the whole reply must be <the expected answer>)" in text
@@ -409,3 +466,7 @@ def test_an_editor_looping_on_one_line_keeps_it_once() -> None:
     reply = f"<prompt>Q: {{question}}\n\n{loop}</prompt>"
     assert extract_prompt(reply) == (
         "Q: {question}\n\nReply with the letter.\nIf unsure, still reply with a letter.\nIf")
+    # the same loop within one line (a svamp rewrite of 2026-12-02), cut at the cap
+    loop = "Be brief. " + "The answer must be a whole number. " * 5 + "The answer must be a"
+    assert extract_prompt(f"<prompt>{loop}\n\n{{question}}</prompt>") == (
+        "Be brief. The answer must be a whole number. The answer must be a\n\n{question}")
