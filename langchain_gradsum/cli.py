@@ -687,6 +687,8 @@ def _print_summary(console: Console, result: Any, written: list[Path]) -> None:
         f"{result.total_tokens:,} tokens · {result.wall_time_s:.1f} s",
         markup=False,
     )
+    for warning in result.warnings:
+        console.print(f"warning: {warning}", markup=False)
     console.print("--- best prompt ---", markup=False)
     console.print(result.best_template, markup=False, highlight=False)
     console.print("---", markup=False)

@@ -19,7 +19,7 @@ from langchain_gradsum.prompts import MISTAKE_KINDS
 from langchain_gradsum.state import FULL_MARKS, Candidate, Example, Record, record_key
 
 __all__ = ["CUT_OFF", "answer_shape", "clip_shown", "critique_kind", "edit_history", "evidence",
-           "in_form", "kind_counts", "show_feedback", "show_inputs", "show_output",
+           "in_form", "kind_counts", "one_reply", "show_feedback", "show_inputs", "show_output",
            "show_reference"]
 
 SHOW_LIMIT = 2000
@@ -165,6 +165,27 @@ def in_form(output: str, example: Example) -> bool | None:
         if pattern.fullmatch(answer):
             return bool(pattern.fullmatch(output.strip().rstrip(".")))
     return None
+
+
+def one_reply(records: Mapping[str, Record], candidate_id: str, val: Sequence[Example], *,
+              share: float = 0.9, min_rows: int = 5) -> str | None:
+    """A warning when `candidate_id` gave one short reply on at least `share` of the
+    validation rows (``None`` otherwise): its score may be that of a fixed answer.
+
+    Seen on label tasks: the bbh_sports winner answered "no" on all 100 test rows, and
+    62 of them expect "no"; a search that fixes the reply's form can end on one label.
+    """
+    outs = [r["output"] for i in range(len(val))
+            if "output" in (r := records.get(record_key(candidate_id, "val", i)) or {})]
+    if len(outs) < min_rows:
+        return None
+    reply, n = Counter(_norm(o) for o in outs).most_common(1)[0]
+    if not reply or len(reply) > 40 or n < share * len(outs):
+        return None
+    expect = sum(1 for ex in val if (a := _answer(ex)) is not None and _norm(a) == reply)
+    return (f"the best prompt gives the same reply, {reply!r}, on {n} of {len(outs)} "
+            f"validation rows, and {expect} of the {len(val)} rows expect it: its score may "
+            "be that of a fixed answer, not of the task learned")
 
 
 def edit_history(candidates: Mapping[str, Candidate], parent_id: str, *, limit: int = 2,

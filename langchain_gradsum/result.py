@@ -14,6 +14,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_gradsum._knobs import MODEL_ROLES, knobs
 from langchain_gradsum._templates import PromptSlot
 from langchain_gradsum.evaluators import evaluator_name
+from langchain_gradsum.feedback import one_reply
 from langchain_gradsum.state import (
     Candidate,
     GradSumContext,
@@ -52,6 +53,9 @@ class OptimizationResult:
     best_app: Any = field(default=None, repr=False)
     """When an app was optimized: the same app with the best prompt in place, ready to
     invoke (the app passed in is not changed); else ``None``."""
+    warnings: list[str] = field(default_factory=list)
+    """What to check before trusting the best score, e.g. the best prompt gave one reply
+    on (nearly) every validation row (`feedback.one_reply`)."""
 
     @property
     def total_calls(self) -> int:
@@ -120,6 +124,8 @@ class OptimizationResult:
         slot: PromptSlot = (context.prompt_slot if context is not None else None) \
             or PromptSlot("str")
         template = state["candidates"][best_id]["template"]
+        same = one_reply(state.get("records") or {}, best_id, state.get("val") or []) \
+            if split == "val" else None
         return cls(
             best_prompt=slot.rebuild(template),
             best_app=app.build(template) if app is not None else None,
@@ -136,6 +142,7 @@ class OptimizationResult:
             wall_time_s=wall_time_s,
             records=dict(state.get("records") or {}),
             settings={**settings, **({"app": app.describe()} if app is not None else {})},
+            warnings=[same] if same else [],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +164,7 @@ class OptimizationResult:
             "candidates": self.candidates,
             "records": self.records,
             "settings": self.settings,
+            "warnings": self.warnings,
         }
 
     def to_json(self, **kwargs: Any) -> str:

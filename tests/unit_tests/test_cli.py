@@ -355,3 +355,17 @@ def test_stop_file_flag_stops_before_any_edit(
     roles = fake_local["models"][0].calls_by_role()
     assert "edit" not in roles and roles.get("generate", 0) > 0
     assert "stop_file" in res.output
+
+
+def test_the_summary_prints_the_results_warnings() -> None:
+    from langchain_gradsum.result import OptimizationResult
+
+    result = OptimizationResult(
+        best_prompt="Q: {q}", best_template="Q: {q}", best_id="c1", best_score=0.6,
+        initial_score=0.0, split="val", stop_reason="budget", iterations=1, candidates={},
+        usage={}, counters={}, wall_time_s=1.0, warnings=["the best prompt gives 'no'"])
+    console = Console(record=True, width=200)
+    cli._print_summary(console, result, [])
+    out = console.export_text()
+    assert "warning: the best prompt gives 'no'" in out
+    assert out.index("warning:") < out.index("--- best prompt ---")

@@ -433,6 +433,43 @@ def test_the_result_reports_output_tokens_of_the_start_and_the_best_prompt() -> 
         "initial": 1.0, "best": result.mean_output_tokens()}
 
 
+def test_a_best_prompt_that_gives_one_reply_everywhere_is_flagged(tmp_path: Any) -> None:
+    """The bbh_sports case: a prompt that fixes the form can end on one label."""
+    from langchain_gradsum.report import render_report
+
+    rows = qa_rows(6, answer="no")
+    val = [*qa_rows(4, "v", answer="no"), *qa_rows(2, "w", answer="yes")]
+    model = scripted(generate=lambda text: "no" if "only" in text else "No, it is not.",
+                     edit=lambda text: "<instruction>Reply with only yes or no.</instruction>")
+    result = optimizer(model, minibatch_size=3, max_iterations=1,
+                       candidates_per_prompt=1).optimize(PROMPT, rows, val)
+    assert result.best_template.endswith("Reply with only yes or no.")
+    assert result.best_score == pytest.approx(4 / 6)
+    assert result.warnings == [
+        "the best prompt gives the same reply, 'no', on 6 of 6 validation rows, and 4 of "
+        "the 6 rows expect it: its score may be that of a fixed answer, not of the task "
+        "learned"]
+    assert result.to_dict()["warnings"] == result.warnings
+    assert "Warning: the best prompt gives the same reply, &#x27;no&#x27;, on 6 of 6" in \
+        render_report(result.to_dict())
+
+
+@pytest.mark.parametrize(("outputs", "flagged"), [
+    (["no"] * 9 + ["yes"], True),                 # 9 of 10: at the share
+    (["no"] * 8 + ["yes"] * 2, False),            # 8 of 10: below it
+    (["No."] * 5, True),                          # case and a full stop do not count
+    (["no"] * 4, False),                          # too few rows to tell
+    (["The answer is no, and here is why: " + "x " * 20] * 6, False),  # not a short label
+])
+def test_one_reply_needs_a_short_reply_on_most_of_enough_rows(outputs: list[str],
+                                                              flagged: bool) -> None:
+    from langchain_gradsum.feedback import one_reply
+
+    records = {f"c1|val|{i}": {"output": o, "score": 1.0} for i, o in enumerate(outputs)}
+    val = qa_rows(len(outputs), answer="no")
+    assert (one_reply(records, "c1", val) is not None) is flagged
+
+
 @pytest.mark.parametrize("cap", [60, 100, 150])
 def test_a_capped_run_spends_most_of_its_cap(cap: int) -> None:
     """Planned with the expected cost, narrowed to the beam members the rest can pay
