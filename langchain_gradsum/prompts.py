@@ -122,7 +122,7 @@ Start with the kind of mistake that recurs most, and say exactly what the prompt
 ask for to fix it (for a form problem: the exact form of the reply). Leave out the \
 names, numbers and details of single examples. Write only the paragraph."""
 
-EDIT_PROMPT = """\
+_EDIT_HEAD = """\
 You are improving a prompt that instructs an AI assistant.
 
 Task of the assistant: {task_description}
@@ -132,6 +132,10 @@ Current prompt (between the tags):
 {prompt}
 </current_prompt>
 
+"""
+"""How every edit ask starts: the task and the current prompt."""
+
+EDIT_PROMPT = _EDIT_HEAD + """\
 Feedback on the current prompt:
 {feedback}
 
@@ -150,16 +154,7 @@ must take.
 Reply with only the improved prompt, between <prompt> and </prompt>; it must differ \
 from the current prompt."""
 
-EDIT_INSTRUCTION_PROMPT = """\
-You are improving a prompt that instructs an AI assistant.
-
-Task of the assistant: {task_description}
-
-Current prompt (between the tags):
-<current_prompt>
-{prompt}
-</current_prompt>
-
+EDIT_INSTRUCTION_PROMPT = _EDIT_HEAD + """\
 Feedback on the current prompt:
 {feedback}
 
@@ -175,16 +170,7 @@ short, a few lines at most, ..."). Do not repeat the current prompt and do not m
 a single example.
 Reply with only the instruction, between <instruction> and </instruction>."""
 
-EDIT_SHORTEN_PROMPT = """\
-You are improving a prompt that instructs an AI assistant.
-
-Task of the assistant: {task_description}
-
-Current prompt (between the tags):
-<current_prompt>
-{prompt}
-</current_prompt>
-
+EDIT_SHORTEN_PROMPT = _EDIT_HEAD + """\
 Problem: the assistant's replies are too long. Most of them were cut off at the length \
 limit before they reached the answer, so they failed.
 
