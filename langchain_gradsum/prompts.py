@@ -204,7 +204,7 @@ instruction (``EDIT_INSTRUCTION_PROMPT``), and its later children are rewrites."
 @dataclass(frozen=True)
 class MetaPrompts:
     """The meta-prompts (judge, gradient, summary, edit, added-instruction edit), the
-    edit's retry message, the feedback of a shortening edit, and the asks that make an
+    edit's retry message, the ask for a shortening edit, and the asks that make an
     edit's children differ.
     Replace any to change how a module talks to its LLM."""
 
