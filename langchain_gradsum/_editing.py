@@ -71,10 +71,8 @@ def edit_jobs(state: GradSumState, ctx: GradSumContext) -> list[EditJob]:
 def mostly_cut_off(state: GradSumState, ctx: GradSumContext, cid: str) -> bool:
     """Whether at least half of `cid`'s failed replies on the batch stopped at the token
     cap: then less text, not another instruction about the answer, is the fix."""
-    records = state.get("records", {})
-    failed = beam_mod.failed_rows(records, cid, beam_mod.current_batch(state, ctx))
-    cut = sum(1 for i in failed if records[record_key(cid, "train", i)].get("truncated"))
-    return bool(failed) and 2 * cut >= len(failed)
+    failed = beam_mod.failed_rows(state.get("records", {}), cid, beam_mod.current_batch(state, ctx))
+    return bool(failed) and 2 * beam_mod.cut_off_count(state, cid, failed) >= len(failed)
 
 
 def edit_ask(state: GradSumState, ctx: GradSumContext, job: EditJob) -> str:
@@ -224,6 +222,9 @@ class EditGuard:
         """Why a (well-formed) new prompt must not be used: it copies the data or the
         measurements; ``None`` if it does not."""
         cid, state = job[0], self.state
+        if job[3] == "shorten" and _DOTS.search(template) and not _DOTS.search(
+                state["candidates"][cid]["template"]):
+            return "rejected: the dots are left in; replace them with the form the answer must take"
         if self.examples and (copied := copied_example(
                 template, self.examples, original=state["prompt"])) is not None:
             return f"rejected: copies example {copied} of the data"
@@ -254,6 +255,7 @@ class EditGuard:
                 for i in beam_mod.current_batch(self.state, self.ctx)]
 
 
+_DOTS = re.compile(r"\.\.\.|…")
 _LENGTH = re.compile(r"\b(\d+)\s+(?:words?|tokens?|characters?)\b", re.I)
 _REPLY_LENGTH = re.compile(r"Replies are (\d+) words? long|\((\d+) words?: ")
 
@@ -285,7 +287,10 @@ def new_children(state: GradSumState, ctx: GradSumContext, jobs: list[EditJob],
         child = new_candidate(child_id, template, parent_id=cid,
                               iteration=state["iteration"] + 1, summary=fb)
         child["strategy"] = strategy
-        rows = beam_mod.failed_rows(state["records"], cid, batch)[: ctx.screen_size]
+        rows = beam_mod.failed_rows(state["records"], cid, batch)
+        if strategy == "shorten":  # screened first on the cut-off failures it is to fix
+            rows.sort(key=lambda i: not beam_mod.cut_off_count(state, cid, [i]))
+        rows = rows[: ctx.screen_size]
         if rows:
             parent_score = beam_mod.mean_score(state["records"], cid, rows) or 0.0
             child["screen"] = {"rows": rows, "parent_score": parent_score, "score": None,

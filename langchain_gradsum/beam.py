@@ -62,6 +62,12 @@ def form_rate(state: GradSumState, cid: str, rows: Sequence[int]) -> float | Non
     return sum(known) / len(known) if known else None
 
 
+def cut_off_count(state: GradSumState, cid: str, rows: Sequence[int]) -> int:
+    """On how many of `rows` `cid`'s reply stopped at the token cap."""
+    records = state.get("records", {})
+    return sum(1 for i in rows if (records.get(record_key(cid, "train", i)) or {}).get("truncated"))
+
+
 def iterations_without_improvement(state: GradSumState) -> int:
     """How many of the latest iterations did not beat every earlier iteration's best."""
     bests = [score for score, _ in best_by_iteration(state["candidates"]).values()]
@@ -323,21 +329,38 @@ def _judge_screens(state: GradSumState, ctx: GradSumContext
         if score is None:
             continue
         passed = score > screen["parent_score"] + 1e-9
-        form: dict[str, float] = {}
-        if ctx.form_progress and not passed and score >= screen["parent_score"] - 1e-9:
-            # a tie: the child passes if more of its replies take the expected form
-            mine = form_rate(state, cid, screen["rows"])
-            theirs = form_rate(state, cands[cid]["parent_id"] or "c0", screen["rows"])
-            if mine is not None and theirs is not None:
-                form = {"form": mine, "parent_form": theirs}
-                passed = mine > theirs + 1e-9
+        progress: dict[str, float] = {}
+        if not passed and score >= screen["parent_score"] - 1e-9:
+            passed, progress = _progress_at_a_tie(state, ctx, cid, screen["rows"])
         screened[cid] = {**cands[cid], "screen": {
-            **screen, "score": score, "passed": passed, **form}}  # type: ignore[typeddict-item]
+            **screen, "score": score, "passed": passed, **progress}}  # type: ignore[typeddict-item]
         events.append({"event": "screened", "candidate": cid, "score": score,
-                       "parent_score": screen["parent_score"], "passed": passed, **form})
+                       "parent_score": screen["parent_score"], "passed": passed, **progress})
         if not passed:
             beam.remove(cid)
     return screened, beam, events
+
+
+def _progress_at_a_tie(state: GradSumState, ctx: GradSumContext, cid: str,
+                       rows: Sequence[int]) -> tuple[bool, dict[str, float]]:
+    """Whether a child that tied its parent on its screen rows still made progress there,
+    and the measures: more replies in the expected form (``form_progress``) or fewer cut
+    off at the token cap (``cut_off_progress``). On a 0/1 metric a reply in the right
+    form but wrong, or a short wrong reply in place of a cut-off one, scores what its
+    parent's did, yet it is the step a later edit builds on."""
+    parent = state["candidates"][cid]["parent_id"] or "c0"
+    passed, progress = False, {}
+    if ctx.form_progress:
+        mine, theirs = form_rate(state, cid, rows), form_rate(state, parent, rows)
+        if mine is not None and theirs is not None:
+            progress.update(form=mine, parent_form=theirs)
+            passed = mine > theirs + 1e-9
+    if ctx.cut_off_progress:
+        mine_cut, their_cut = cut_off_count(state, cid, rows), cut_off_count(state, parent, rows)
+        if their_cut:
+            progress.update(cut_off=mine_cut, parent_cut_off=their_cut)
+            passed = passed or mine_cut < their_cut
+    return passed, progress
 
 
 def beam_on_stop(state: GradSumState, ctx: GradSumContext) -> list[str]:

@@ -174,15 +174,17 @@ EDIT_SHORTEN_PROMPT = _EDIT_HEAD + """\
 Problem: the assistant's replies are too long. Most of them were cut off at the length \
 limit before they reached the answer, so they failed.
 
-Write the one instruction (one or two sentences) that, added at the end of the current \
-prompt, makes the assistant keep its working brief, a few short lines at most, and then \
-give the answer. Say exactly what form the answer must take, as the task above states it \
-(for example "End your reply with ..."). Address the assistant directly.
-Reply with only the instruction, between <instruction> and </instruction>."""
+The fix is one instruction added at the end of the current prompt. Complete this \
+sentence: replace the dots with the form the answer must take, as the task above states \
+it.
+Keep your working brief, a few short lines at most, and end your reply with ...
+Reply with only the completed sentence, between <instruction> and </instruction>."""
 """The editor's ask for a ``shorten`` child: one added instruction, written when most of
 its parent's failed replies were cut off at the token cap (``shorten_edits``). The 1.5B
 critic and summary call such failures a missing final answer, and instructions written
-from them ask for the answer, not for less text; this ask names the problem alone."""
+from them ask for the answer, not for less text; this ask names the problem alone. It is
+a sentence to complete: asked to write one, the 1.5B editor wrote "Keep your working
+brief ... and then give the answer." and left out the answer's form (svamp, `a411ac2`)."""
 
 EDIT_RETRY_PROMPT = """\
 That cannot be used ({why}). Write a different one that follows the rules above. \

@@ -71,6 +71,11 @@ class Screen(TypedDict):
     take the expected answers' form (`beam.form_rate`)..."""
     parent_form: NotRequired[float]
     """... and the parent's: the child passes if its share is higher."""
+    cut_off: NotRequired[int]
+    """With ``cut_off_progress``, at a tie where the parent's replies were cut off at the
+    token cap: on how many of `rows` the child's were..."""
+    parent_cut_off: NotRequired[int]
+    """... and the parent's: the child passes if its count is lower."""
 
 
 class Candidate(TypedDict):
@@ -339,6 +344,10 @@ class GradSumContext:
         "When most of a prompt's failed replies on the batch were cut off at the token cap, "
         "its added-instruction child is written to ask for brief working (strategy "
         "`shorten`; needs `instruction_edits`).")})
+    cut_off_progress: bool = field(default=True, metadata={"description": (
+        "At equal score in a screen, a child passes if fewer of its replies were cut off at "
+        "the token cap than its parent's (a shorter wrong reply is a step towards a right "
+        "one).")})
     prefer_short_outputs: bool = field(default=True, metadata={"description": (
         "At equal validation score, pick the prompt with shorter outputs (cheaper).")})
     form_progress: bool = field(default=True, metadata={"description": (

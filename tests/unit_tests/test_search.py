@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage
 from gradsum_fakes import GOOD, FakeRuntime, context, optimizer, qa_rows, scripted
 
 from langchain_gradsum._templates import example_words
@@ -246,6 +247,65 @@ def test_the_shorten_strategy_needs_half_the_failures_cut_off_and_the_knob(
     out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1,
                                           shorten_edits=shorten_edits)), {})
     assert [c["strategy"] for c in out["candidates"].values()] == [strategy]
+
+
+def test_a_shorten_sentence_with_its_dots_left_in_is_asked_again() -> None:
+    sentence = "Keep your working brief, a few short lines at most, and end your reply with"
+    replies = iter([f"<instruction>{sentence} ...</instruction>",
+                    f"<instruction>{sentence} yes or no.</instruction>"])
+    model = scripted(edit=lambda text: next(replies))
+    out = edit(cut_off_state(), FakeRuntime(context(model, candidates_per_prompt=1)), {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        f"Q: {{question}}\n{sentence} yes or no."]
+    assert "Complete this sentence" in edits_of(model)[0]
+    assert "the dots are left in" in edits_of(model)[-1]
+
+
+def test_a_shorten_child_is_screened_first_on_the_cut_off_failures() -> None:
+    state = failing_state()  # failures worst first: row 2 (0.0), then row 0 (0.5)
+    state["records"]["c0|train|0"]["truncated"] = True
+    model = scripted()
+    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=2, screen_size=1)), {})
+    screens = {c["strategy"]: c["screen"]["rows"] for c in out["candidates"].values()}
+    assert screens == {"shorten": [0], "rewrite:0": [2]}
+
+
+@pytest.mark.parametrize("cut_off_progress", [True, False])
+def test_a_child_whose_replies_are_no_longer_cut_off_goes_on(cut_off_progress: bool) -> None:
+    """The start prompt's replies all stop at the token cap (0 everywhere); the child that
+    asks for brief working answers "five" everywhere: wrong on the two rows it is
+    screened on (a tie), right on the others. With `cut_off_progress` the tie passes on
+    fewer cut-off replies and the child wins; without, it is dropped at its screen."""
+    answers = ["seven", "three", "five", "five"]  # free text: no answer form to compare
+    rows = [{"inputs": {"question": f"q{i}"}, "outputs": {"answer": a}}
+            for i, a in enumerate(answers)]
+    val = [{"inputs": {"question": f"v{i}"}, "outputs": {"answer": "five"}} for i in range(2)]
+
+    def generate(text: str) -> Any:
+        if "Keep your working brief" in text:
+            return "five"
+        return AIMessage(content="Let me work through this step by step. First",
+                         response_metadata={"finish_reason": "length"})
+
+    def edit_reply(text: str) -> str:
+        assert "replies are too long" in text
+        return "<instruction>Keep your working brief.</instruction>"
+
+    model = scripted(generate=generate, edit=edit_reply)
+    result = optimizer(model, minibatch_size=4, max_iterations=1, beam_width=2,
+                       candidates_per_prompt=1, cut_off_progress=cut_off_progress,
+                       ).optimize(PROMPT, rows, val)
+    screen = result.candidates["c1"]["screen"]
+    assert result.candidates["c1"]["strategy"] == "shorten"
+    assert screen["rows"] == [0, 1] and screen["score"] == 0.0  # a tie on the screen
+    assert screen["passed"] is cut_off_progress
+    if cut_off_progress:
+        assert (screen["cut_off"], screen["parent_cut_off"]) == (0, 2)
+        assert result.best_template == "Q: {question}\nKeep your working brief."
+        assert result.best_score == 1.0
+    else:
+        assert "cut_off" not in screen
+        assert result.best_template == PROMPT and result.best_score == 0.0
 
 
 def test_a_critique_is_told_that_its_reply_was_cut_off() -> None:
