@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage
 from gradsum_fakes import GOOD, FakeRuntime, context, optimizer, qa_rows, scripted
+from langchain_core.messages import AIMessage
 
 from langchain_gradsum._templates import example_words
 from langchain_gradsum.feedback import (
