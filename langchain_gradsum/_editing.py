@@ -22,7 +22,7 @@ from langchain_gradsum._templates import (
     heal_template,
     template_variables,
 )
-from langchain_gradsum.feedback import edit_history, evidence, show_inputs
+from langchain_gradsum.feedback import answer_form, edit_history, evidence, show_inputs
 from langchain_gradsum.state import Candidate, GradSumContext, GradSumState, record_key
 
 EditJob = tuple[str, int, str, str]
@@ -101,8 +101,18 @@ def edit_ask(state: GradSumState, ctx: GradSumContext, job: EditJob) -> str:
         **fields, variables=", ".join("{" + v + "}" for v in required), variant=variant)
 
 
+def shorten_instruction(state: GradSumState, ctx: GradSumContext) -> str | None:
+    """A ``shorten`` child's instruction, composed from the form of the batch's expected
+    answers (`prompts.SHORTEN_INSTRUCTION`); ``None`` when the rows have no reference
+    answers: the editor writes it then."""
+    batch = beam_mod.current_batch(state, ctx)
+    form = answer_form([state["train"][i] for i in batch])
+    return None if form is None else ctx.meta_prompts.shorten_instruction.format(form=form)
+
+
 class EditWriter:
-    """Asks the editor for each child's prompt; returns the usable ones."""
+    """Asks the editor for each child's prompt; returns the usable ones. A ``shorten``
+    child's instruction is composed where it can be (`shorten_instruction`): no call."""
 
     def __init__(self, state: GradSumState, ctx: GradSumContext, caller: LLMCaller,
                  write_event: Callable[[Any], None], jobs: list[EditJob]) -> None:
@@ -110,11 +120,16 @@ class EditWriter:
         self.model = role_models(ctx).optimizer
         self.asks = [edit_ask(state, ctx, job) for job in jobs]
         self.guard = EditGuard(state, ctx, caller, write_event)
+        sentence = shorten_instruction(state, ctx)
+        self.composed = {j: f"<instruction>{sentence}</instruction>"
+                         for j, job in enumerate(jobs) if job[3] == "shorten" and sentence}
 
     def write(self) -> tuple[dict[int, str], str | None]:
         """The usable new prompts by job index, and a stop reason if any."""
-        results = self.caller.map(self._ask, range(len(self.jobs)))
-        stop = check_failures(self.caller, results)
+        asked = [j for j in range(len(self.jobs)) if j not in self.composed]
+        replies = dict(zip(asked, self.caller.map(self._ask, asked), strict=True))
+        stop = check_failures(self.caller, list(replies.values()))
+        results = [self.composed.get(j, replies.get(j)) for j in range(len(self.jobs))]
         usable: dict[int, str] = {}  # job index -> new prompt
         unusable: list[tuple[int, str, str]] = []  # (job index, reply, why)
         for j, res in enumerate(results):
@@ -168,7 +183,8 @@ class EditGuard:
         # the words the editor was given by the meta-prompts are not an example's details
         mp = ctx.meta_prompts
         self.meta_words = "\n".join([mp.gradient, mp.summarize, mp.edit, mp.edit_instruction,
-                                      mp.edit_shorten, *mp.edit_variants])
+                                      mp.edit_shorten, mp.shorten_instruction,
+                                      *mp.edit_variants])
 
     def critiqued(self, cid: str) -> list[str]:
         """The inputs of the rows `cid` was critiqued on (the editor saw their details)."""
@@ -222,9 +238,6 @@ class EditGuard:
         """Why a (well-formed) new prompt must not be used: it copies the data or the
         measurements; ``None`` if it does not."""
         cid, state = job[0], self.state
-        if job[3] == "shorten" and _DOTS.search(template) and not _DOTS.search(
-                state["candidates"][cid]["template"]):
-            return "rejected: the dots are left in; replace them with the form the answer must take"
         if self.examples and (copied := copied_example(
                 template, self.examples, original=state["prompt"])) is not None:
             return f"rejected: copies example {copied} of the data"
@@ -255,7 +268,6 @@ class EditGuard:
                 for i in beam_mod.current_batch(self.state, self.ctx)]
 
 
-_DOTS = re.compile(r"\.\.\.|…")
 _LENGTH = re.compile(r"\b(\d+)\s+(?:words?|tokens?|characters?)\b", re.I)
 _REPLY_LENGTH = re.compile(r"Replies are (\d+) words? long|\((\d+) words?: ")
 

@@ -18,9 +18,9 @@ from typing import Any
 from langchain_gradsum.prompts import MISTAKE_KINDS
 from langchain_gradsum.state import FULL_MARKS, Candidate, Example, Record, record_key
 
-__all__ = ["CUT_OFF", "answer_shape", "clip_shown", "critique_kind", "edit_history", "evidence",
-           "in_form", "kind_counts", "one_reply", "show_feedback", "show_inputs", "show_output",
-           "show_reference"]
+__all__ = ["CUT_OFF", "answer_form", "answer_shape", "clip_shown", "critique_kind",
+           "edit_history", "evidence", "in_form", "kind_counts", "one_reply", "show_feedback",
+           "show_inputs", "show_output", "show_reference"]
 
 SHOW_LIMIT = 2000
 """Characters of one value (an input, a reference, an output) a meta-prompt shows."""
@@ -148,6 +148,16 @@ def answer_shape(answers: Sequence[str]) -> str:
     if n <= 6:
         return f"short phrases of about {max(1, round(n))} word{'s' if round(n) > 1 else ''}"
     return f"free text of about {round(n)} words"
+
+
+def answer_form(examples: Sequence[Example]) -> str | None:
+    """The form the expected answers of `examples` share, in words and without an example
+    (``"a number"``, ``"a single option letter"``); ``None`` when none has a reference
+    answer (a task scored by a judge alone)."""
+    answers = [a for ex in examples if (a := _answer(ex)) is not None]
+    if not answers:
+        return None
+    return answer_shape(answers).split(", such as")[0].replace("short phrases", "a short phrase")
 
 
 def in_form(output: str, example: Example) -> bool | None:

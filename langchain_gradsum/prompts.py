@@ -21,6 +21,7 @@ __all__ = [
     "JUDGE_PROMPT",
     "MISTAKE_KINDS",
     "MetaPrompts",
+    "SHORTEN_INSTRUCTION",
     "SUMMARY_PROMPT",
 ]
 
@@ -170,21 +171,31 @@ short, a few lines at most, ..."). Do not repeat the current prompt and do not m
 a single example.
 Reply with only the instruction, between <instruction> and </instruction>."""
 
+SHORTEN_INSTRUCTION = (
+    "Keep your working brief, a few short lines at most, and end your reply with the final "
+    "answer ({form}).")
+"""The instruction a ``shorten`` child adds to its parent, when most of the parent's
+failed replies were cut off at the token cap (``shorten_edits``); `form` is the measured
+form of the batch's expected answers (`feedback.answer_form`: "a number", "a single
+option letter"). Composed, not written by the editor: asked for such a sentence, the
+1.5B editor left out the answer's form ("... and then give the answer.", svamp,
+`a411ac2`), and asked to fill in a blank it copied the ask ("Replace the dots with the
+final number, as the task above states it.", replay at `f84432f`)."""
+
 EDIT_SHORTEN_PROMPT = _EDIT_HEAD + """\
 Problem: the assistant's replies are too long. Most of them were cut off at the length \
 limit before they reached the answer, so they failed.
 
-The fix is one instruction added at the end of the current prompt. Complete this \
-sentence: replace the dots with the form the answer must take, as the task above states \
-it.
-Keep your working brief, a few short lines at most, and end your reply with ...
-Reply with only the completed sentence, between <instruction> and </instruction>."""
-"""The editor's ask for a ``shorten`` child: one added instruction, written when most of
-its parent's failed replies were cut off at the token cap (``shorten_edits``). The 1.5B
-critic and summary call such failures a missing final answer, and instructions written
-from them ask for the answer, not for less text; this ask names the problem alone. It is
-a sentence to complete: asked to write one, the 1.5B editor wrote "Keep your working
-brief ... and then give the answer." and left out the answer's form (svamp, `a411ac2`)."""
+Write the one instruction (one or two sentences) that, added at the end of the current \
+prompt, makes the assistant keep its working brief, a few short lines at most, and then \
+give the answer. Say exactly what form the answer must take, as the task above states it \
+(for example "End your reply with ..."). Address the assistant directly.
+Reply with only the instruction, between <instruction> and </instruction>."""
+"""The editor's ask for a ``shorten`` child where `SHORTEN_INSTRUCTION` cannot be used:
+the rows have no reference answers to measure the form on, or the parent already says
+it. The 1.5B critic and summary call cut-off failures a missing final answer, and
+instructions written from them ask for the answer, not for less text; this ask names
+the problem alone."""
 
 EDIT_RETRY_PROMPT = """\
 That cannot be used ({why}). Write a different one that follows the rules above. \
@@ -206,8 +217,8 @@ instruction (``EDIT_INSTRUCTION_PROMPT``), and its later children are rewrites."
 @dataclass(frozen=True)
 class MetaPrompts:
     """The meta-prompts (judge, gradient, summary, edit, added-instruction edit), the
-    edit's retry message, the ask for a shortening edit, and the asks that make an
-    edit's children differ.
+    edit's retry message, the ask for a shortening edit and the shortening instruction
+    composed without it, and the asks that make an edit's children differ.
     Replace any to change how a module talks to its LLM."""
 
     judge: str = JUDGE_PROMPT
@@ -218,6 +229,7 @@ class MetaPrompts:
     edit_variants: tuple[str, ...] = EDIT_VARIANTS
     edit_retry: str = EDIT_RETRY_PROMPT
     edit_shorten: str = EDIT_SHORTEN_PROMPT
+    shorten_instruction: str = SHORTEN_INSTRUCTION
 
     def __post_init__(self) -> None:
         variants = self.edit_variants
@@ -260,6 +272,7 @@ _OPTIONAL = {
     "edit_instruction": {"task_description", "evidence", "history"},
     "edit_retry": {"why"},
     "edit_shorten": {"task_description"},
+    "shorten_instruction": set(),
 }
 
 

@@ -356,7 +356,8 @@ class GradSumContext:
     seed: int = field(default=0, metadata={"description": "Seed of the minibatch sampling."})
     meta_prompts: MetaPrompts = field(default_factory=MetaPrompts, metadata={"description": (
         "The judge, gradient, summary and edit prompts, the edit variants, the edit "
-        "retry message and the shortening ask (override any of them).")})
+        "retry message, the shortening ask and the composed shortening instruction "
+        "(override any of them).")})
 
     def __post_init__(self) -> None:
         from langchain_gradsum._knobs import check_knob, knobs

@@ -216,20 +216,48 @@ def cut_off_state() -> dict[str, Any]:
     return state
 
 
+BRIEF = "Keep your working brief, a few short lines at most, and end your reply with"
+
+
 def test_when_most_failed_replies_were_cut_off_the_added_instruction_asks_for_brevity(
 ) -> None:
+    """The sentence is composed from the expected answers' measured form (here "yes"
+    everywhere): the editor is asked only for the rewrite."""
+    model = scripted(edit=lambda text: f"<prompt>{GOOD}: {{question}}</prompt>")
+    out = edit(cut_off_state(), FakeRuntime(context(model, candidates_per_prompt=2)), {})
+    c1, c2 = out["candidates"]["c1"], out["candidates"]["c2"]
+    assert c1["strategy"] == "shorten" and c2["strategy"] == "rewrite:0"
+    assert c1["template"] == f"Q: {{question}}\n{BRIEF} the final answer (yes or no)."
+    assert len(edits_of(model)) == 1 and "Write an improved prompt" in edits_of(model)[0]
+
+
+def test_without_reference_answers_the_editor_writes_the_shorten_instruction() -> None:
+    state = cut_off_state()
+    state["train"] = [{"inputs": ex["inputs"], "outputs": {}} for ex in state["train"]]
+
     def reply(text: str) -> str:
         if "replies are too long" in text:
             return "<instruction>Keep your working to a few lines.</instruction>"
         return f"<prompt>{GOOD}: {{question}}</prompt>"
 
     model = scripted(edit=reply)
-    out = edit(cut_off_state(), FakeRuntime(context(model, candidates_per_prompt=2)), {})
-    c1, c2 = out["candidates"]["c1"], out["candidates"]["c2"]
-    assert c1["strategy"] == "shorten" and c2["strategy"] == "rewrite:0"
-    assert c1["template"] == "Q: {question}\nKeep your working to a few lines."
+    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1)), {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        "Q: {question}\nKeep your working to a few lines."]
     ask = edits_of(model)[0]
     assert "cut off at the length limit" in ask and "SUMMARY" not in ask
+
+
+def test_a_parent_that_already_asks_for_brevity_gets_the_editors_instruction() -> None:
+    """The composed sentence would be a duplicate: the editor is asked, told why."""
+    state = cut_off_state()
+    state["candidates"]["c0"]["template"] = (
+        f"Q: {{question}}\n{BRIEF} the final answer (yes or no).")
+    model = scripted(edit=lambda text: "<instruction>Answer in one line.</instruction>")
+    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1)), {})
+    assert [c["template"].splitlines()[-1] for c in out["candidates"].values()] == [
+        "Answer in one line."]
+    assert "the current prompt already says that" in edits_of(model)[-1]
 
 
 @pytest.mark.parametrize(("cut", "shorten_edits", "strategy"), [
@@ -247,18 +275,6 @@ def test_the_shorten_strategy_needs_half_the_failures_cut_off_and_the_knob(
     out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1,
                                           shorten_edits=shorten_edits)), {})
     assert [c["strategy"] for c in out["candidates"].values()] == [strategy]
-
-
-def test_a_shorten_sentence_with_its_dots_left_in_is_asked_again() -> None:
-    sentence = "Keep your working brief, a few short lines at most, and end your reply with"
-    replies = iter([f"<instruction>{sentence} ...</instruction>",
-                    f"<instruction>{sentence} yes or no.</instruction>"])
-    model = scripted(edit=lambda text: next(replies))
-    out = edit(cut_off_state(), FakeRuntime(context(model, candidates_per_prompt=1)), {})
-    assert [c["template"] for c in out["candidates"].values()] == [
-        f"Q: {{question}}\n{sentence} yes or no."]
-    assert "Complete this sentence" in edits_of(model)[0]
-    assert "the dots are left in" in edits_of(model)[-1]
 
 
 def test_a_shorten_child_is_screened_first_on_the_cut_off_failures() -> None:
@@ -282,16 +298,12 @@ def test_a_child_whose_replies_are_no_longer_cut_off_goes_on(cut_off_progress: b
     val = [{"inputs": {"question": f"v{i}"}, "outputs": {"answer": "five"}} for i in range(2)]
 
     def generate(text: str) -> Any:
-        if "Keep your working brief" in text:
+        if BRIEF in text:
             return "five"
         return AIMessage(content="Let me work through this step by step. First",
                          response_metadata={"finish_reason": "length"})
 
-    def edit_reply(text: str) -> str:
-        assert "replies are too long" in text
-        return "<instruction>Keep your working brief.</instruction>"
-
-    model = scripted(generate=generate, edit=edit_reply)
+    model = scripted(generate=generate)
     result = optimizer(model, minibatch_size=4, max_iterations=1, beam_width=2,
                        candidates_per_prompt=1, cut_off_progress=cut_off_progress,
                        ).optimize(PROMPT, rows, val)
@@ -301,7 +313,8 @@ def test_a_child_whose_replies_are_no_longer_cut_off_goes_on(cut_off_progress: b
     assert screen["passed"] is cut_off_progress
     if cut_off_progress:
         assert (screen["cut_off"], screen["parent_cut_off"]) == (0, 2)
-        assert result.best_template == "Q: {question}\nKeep your working brief."
+        assert result.best_template == (
+            f"Q: {{question}}\n{BRIEF} the final answer (a short phrase of about 1 word).")
         assert result.best_score == 1.0
     else:
         assert "cut_off" not in screen
