@@ -19,8 +19,8 @@ from langchain_gradsum.prompts import MISTAKE_KINDS
 from langchain_gradsum.state import FULL_MARKS, Candidate, Example, Record, record_key
 
 __all__ = ["CUT_OFF", "answer_form", "answer_shape", "clip_shown", "critique_kind",
-           "edit_history", "evidence", "in_form", "kind_counts", "one_reply", "show_feedback",
-           "show_inputs", "show_output", "show_reference"]
+           "cut_off_replies", "edit_history", "evidence", "in_form", "kind_counts", "one_reply",
+           "show_feedback", "show_inputs", "show_output", "show_reference"]
 
 SHOW_LIMIT = 2000
 """Characters of one value (an input, a reference, an output) a meta-prompt shows."""
@@ -196,6 +196,27 @@ def one_reply(records: Mapping[str, Record], candidate_id: str, val: Sequence[Ex
     return (f"the best prompt gives the same reply, {reply!r}, on {n} of {len(outs)} "
             f"validation rows, and {expect} of the {len(val)} rows expect it: its score may "
             "be that of a fixed answer, not of the task learned")
+
+
+def cut_off_replies(records: Mapping[str, Record], candidate_id: str, val: Sequence[Example],
+                    *, share: float = 0.2) -> str | None:
+    """A warning when at least `share` of `candidate_id`'s validation replies stopped at
+    the model's token cap (``None`` otherwise): the model's ``max_tokens``, not the
+    prompt, may be what limits the score.
+
+    Measured on svamp: 36 of the start prompt's 100 test replies stop at the 200-token
+    cap, 31 of them wrong; prompts asking for brief working cut the replies to 10-30
+    tokens and scored lower on test (0.44 and 0.52 against 0.61), because the 1.5B model
+    needs its working. A prompt cannot buy that room; a larger cap can.
+    """
+    recs = [r for i in range(len(val))
+            if "output" in (r := records.get(record_key(candidate_id, "val", i)) or {})]
+    cut = sum(1 for r in recs if r.get("truncated"))
+    if not recs or cut < share * len(recs):
+        return None
+    return (f"the best prompt's replies stopped at the model's token cap (max_tokens) on "
+            f"{cut} of {len(recs)} validation rows: a larger cap may lift the score more "
+            "than any prompt (a prompt that asks for shorter replies can cost accuracy)")
 
 
 def edit_history(candidates: Mapping[str, Candidate], parent_id: str, *, limit: int = 2,

@@ -14,7 +14,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_gradsum._knobs import MODEL_ROLES, knobs
 from langchain_gradsum._templates import PromptSlot
 from langchain_gradsum.evaluators import evaluator_name
-from langchain_gradsum.feedback import one_reply
+from langchain_gradsum.feedback import cut_off_replies, one_reply
 from langchain_gradsum.state import (
     Candidate,
     GradSumContext,
@@ -54,8 +54,9 @@ class OptimizationResult:
     """When an app was optimized: the same app with the best prompt in place, ready to
     invoke (the app passed in is not changed); else ``None``."""
     warnings: list[str] = field(default_factory=list)
-    """What to check before trusting the best score, e.g. the best prompt gave one reply
-    on (nearly) every validation row (`feedback.one_reply`)."""
+    """What to check before trusting the best score: the best prompt gave one reply on
+    (nearly) every validation row (`feedback.one_reply`), or its replies often stopped
+    at the token cap (`feedback.cut_off_replies`)."""
 
     @property
     def total_calls(self) -> int:
@@ -124,8 +125,10 @@ class OptimizationResult:
         slot: PromptSlot = (context.prompt_slot if context is not None else None) \
             or PromptSlot("str")
         template = state["candidates"][best_id]["template"]
-        same = one_reply(state.get("records") or {}, best_id, state.get("val") or []) \
-            if split == "val" else None
+        records, val = state.get("records") or {}, state.get("val") or []
+        warnings = [w for w in (one_reply(records, best_id, val),
+                                cut_off_replies(records, best_id, val)) if w] \
+            if split == "val" else []
         return cls(
             best_prompt=slot.rebuild(template),
             best_app=app.build(template) if app is not None else None,
@@ -142,7 +145,7 @@ class OptimizationResult:
             wall_time_s=wall_time_s,
             records=dict(state.get("records") or {}),
             settings={**settings, **({"app": app.describe()} if app is not None else {})},
-            warnings=[same] if same else [],
+            warnings=warnings,
         )
 
     def to_dict(self) -> dict[str, Any]:

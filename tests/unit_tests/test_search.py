@@ -527,6 +527,26 @@ def test_a_best_prompt_that_gives_one_reply_everywhere_is_flagged(tmp_path: Any)
         render_report(result.to_dict())
 
 
+def test_a_best_prompt_whose_replies_hit_the_token_cap_is_flagged() -> None:
+    """The svamp case: the replies stop at the cap; the warning points at max_tokens."""
+    def generate(text: str) -> Any:
+        if text.startswith("Q: v0"):  # 1 of 5 validation rows: at the share
+            return AIMessage(content="Let me work through this. First",
+                             response_metadata={"finish_reason": "length"})
+        return "B"
+
+    model = scripted(generate=generate)
+    result = optimizer(model, minibatch_size=2, max_iterations=0).optimize(
+        PROMPT, qa_rows(2), qa_rows(5, "v"))
+    assert result.warnings == [
+        "the best prompt's replies stopped at the model's token cap (max_tokens) on 1 of 5 "
+        "validation rows: a larger cap may lift the score more than any prompt (a prompt "
+        "that asks for shorter replies can cost accuracy)"]
+    model = scripted(generate=lambda text: text[3:])  # none cut off (nor one reply)
+    assert optimizer(model, minibatch_size=2, max_iterations=0).optimize(
+        PROMPT, qa_rows(2), qa_rows(5, "v")).warnings == []
+
+
 @pytest.mark.parametrize(("outputs", "flagged"), [
     (["no"] * 9 + ["yes"], True),                 # 9 of 10: at the share
     (["no"] * 8 + ["yes"] * 2, False),            # 8 of 10: below it
