@@ -61,11 +61,21 @@ def edit_jobs(state: GradSumState, ctx: GradSumContext) -> list[EditJob]:
         else:
             feedback = cand["gradients"].get(key, [])[: ctx.candidates_per_prompt]
         offset = 1 if ctx.instruction_edits else 0
-        added = "shorten" if ctx.shorten_edits and mostly_cut_off(state, ctx, cid) \
-            else "instruction"
+        added = "shorten" if ctx.shorten_edits and not whole_reply_scored(ctx) \
+            and mostly_cut_off(state, ctx, cid) else "instruction"
         jobs += [(cid, k, fb, added if k < offset else f"rewrite:{k - offset}")
                  for k, fb in enumerate(feedback)]
     return jobs
+
+
+def whole_reply_scored(ctx: GradSumContext) -> bool:
+    """Whether the built-in `exact_match` scores the replies: the whole reply must be the
+    answer, so brief working before it still fails, and the added instruction must ask
+    for the answer alone (the date demo: cut off at 64 tokens, fixed by "reply with
+    exactly the option label")."""
+    from langchain_gradsum.evaluators import exact_match
+
+    return any(e is exact_match for e in ctx.evaluators)
 
 
 def mostly_cut_off(state: GradSumState, ctx: GradSumContext, cid: str) -> bool:

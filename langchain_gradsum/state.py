@@ -343,7 +343,8 @@ class GradSumContext:
     shorten_edits: bool = field(default=True, metadata={"description": (
         "When most of a prompt's failed replies on the batch were cut off at the token cap, "
         "its added-instruction child is written to ask for brief working (strategy "
-        "`shorten`; needs `instruction_edits`).")})
+        "`shorten`; needs `instruction_edits`; not under `exact_match`, where the whole reply "
+        "must be the answer).")})
     cut_off_progress: bool = field(default=True, metadata={"description": (
         "At equal score in a screen, a child passes if fewer of its replies were cut off at "
         "the token cap than its parent's (a shorter wrong reply is a step towards a right "

@@ -10,6 +10,7 @@ from gradsum_fakes import GOOD, FakeRuntime, context, optimizer, qa_rows, script
 from langchain_core.messages import AIMessage
 
 from langchain_gradsum._templates import example_words
+from langchain_gradsum.evaluators import contains_answer, exact_match
 from langchain_gradsum.feedback import (
     answer_shape,
     critique_kind,
@@ -208,6 +209,10 @@ def test_without_instruction_edits_every_child_is_a_rewrite() -> None:
     assert all("Write an improved prompt" in t for t in edits_of(model))
 
 
+WORKED = [contains_answer]
+"""A metric that takes working before the answer (``shorten`` edits are for such)."""
+
+
 def cut_off_state() -> dict[str, Any]:
     """`failing_state` with both failed replies (rows 0 and 2) cut off at the token cap."""
     state = failing_state()
@@ -224,7 +229,8 @@ def test_when_most_failed_replies_were_cut_off_the_added_instruction_asks_for_br
     """The sentence is composed from the expected answers' measured form (here "yes"
     everywhere): the editor is asked only for the rewrite."""
     model = scripted(edit=lambda text: f"<prompt>{GOOD}: {{question}}</prompt>")
-    out = edit(cut_off_state(), FakeRuntime(context(model, candidates_per_prompt=2)), {})
+    ctx = context(model, candidates_per_prompt=2, evaluators=WORKED)
+    out = edit(cut_off_state(), FakeRuntime(ctx), {})
     c1, c2 = out["candidates"]["c1"], out["candidates"]["c2"]
     assert c1["strategy"] == "shorten" and c2["strategy"] == "rewrite:0"
     assert c1["template"] == f"Q: {{question}}\n{BRIEF} the final answer (yes or no)."
@@ -241,7 +247,7 @@ def test_without_reference_answers_the_editor_writes_the_shorten_instruction() -
         return f"<prompt>{GOOD}: {{question}}</prompt>"
 
     model = scripted(edit=reply)
-    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1)), {})
+    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1, evaluators=WORKED)), {})
     assert [c["template"] for c in out["candidates"].values()] == [
         "Q: {question}\nKeep your working to a few lines."]
     ask = edits_of(model)[0]
@@ -254,26 +260,28 @@ def test_a_parent_that_already_asks_for_brevity_gets_the_editors_instruction() -
     state["candidates"]["c0"]["template"] = (
         f"Q: {{question}}\n{BRIEF} the final answer (yes or no).")
     model = scripted(edit=lambda text: "<instruction>Answer in one line.</instruction>")
-    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1)), {})
+    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1, evaluators=WORKED)), {})
     assert [c["template"].splitlines()[-1] for c in out["candidates"].values()] == [
         "Answer in one line."]
     assert "the current prompt already says that" in edits_of(model)[-1]
 
 
-@pytest.mark.parametrize(("cut", "shorten_edits", "strategy"), [
-    ((2,), True, "shorten"),          # 1 of 2 failures cut off: half is enough
-    ((), True, "instruction"),        # none cut off
-    ((1,), True, "instruction"),      # row 1 was right: its cut-off does not count
-    ((0, 2), False, "instruction"),   # the knob off
+@pytest.mark.parametrize(("cut", "shorten_edits", "metric", "strategy"), [
+    ((2,), True, contains_answer, "shorten"),        # 1 of 2 failures cut off: enough
+    ((), True, contains_answer, "instruction"),      # none cut off
+    ((1,), True, contains_answer, "instruction"),    # row 1 was right: it does not count
+    ((0, 2), False, contains_answer, "instruction"),  # the knob off
+    ((0, 2), True, exact_match, "instruction"),      # the whole reply must be the answer
 ])
 def test_the_shorten_strategy_needs_half_the_failures_cut_off_and_the_knob(
-        cut: tuple[int, ...], shorten_edits: bool, strategy: str) -> None:
+        cut: tuple[int, ...], shorten_edits: bool, metric: Any, strategy: str) -> None:
     state = failing_state()
     for i in cut:
         state["records"][f"c0|train|{i}"]["truncated"] = True
     model = scripted()
     out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1,
-                                          shorten_edits=shorten_edits)), {})
+                                          shorten_edits=shorten_edits,
+                                          evaluators=[metric])), {})
     assert [c["strategy"] for c in out["candidates"].values()] == [strategy]
 
 
@@ -281,7 +289,8 @@ def test_a_shorten_child_is_screened_first_on_the_cut_off_failures() -> None:
     state = failing_state()  # failures worst first: row 2 (0.0), then row 0 (0.5)
     state["records"]["c0|train|0"]["truncated"] = True
     model = scripted()
-    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=2, screen_size=1)), {})
+    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=2, screen_size=1,
+                                          evaluators=WORKED)), {})
     screens = {c["strategy"]: c["screen"]["rows"] for c in out["candidates"].values()}
     assert screens == {"shorten": [0], "rewrite:0": [2]}
 
@@ -306,7 +315,7 @@ def test_a_child_whose_replies_are_no_longer_cut_off_goes_on(cut_off_progress: b
     model = scripted(generate=generate)
     result = optimizer(model, minibatch_size=4, max_iterations=1, beam_width=2,
                        candidates_per_prompt=1, cut_off_progress=cut_off_progress,
-                       ).optimize(PROMPT, rows, val)
+                       evaluators=WORKED).optimize(PROMPT, rows, val)
     screen = result.candidates["c1"]["screen"]
     assert result.candidates["c1"]["strategy"] == "shorten"
     assert screen["rows"] == [0, 1] and screen["score"] == 0.0  # a tie on the screen
@@ -354,7 +363,7 @@ def test_the_editor_sees_the_earlier_edits_of_this_parent_that_did_not_help() ->
     assert "did not help" in history
     model = scripted()
     state = failing_state(candidates=cands)
-    edit(state, FakeRuntime(context(model, candidates_per_prompt=1)), {})
+    edit(state, FakeRuntime(context(model, candidates_per_prompt=1, evaluators=WORKED)), {})
     assert "Be brief." in edits_of(model)[0]
 
 
