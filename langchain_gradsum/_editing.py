@@ -22,6 +22,7 @@ from langchain_gradsum._templates import (
     heal_template,
     template_variables,
 )
+from langchain_gradsum.evaluators import exact_match
 from langchain_gradsum.feedback import answer_form, edit_history, evidence, show_inputs
 from langchain_gradsum.state import Candidate, GradSumContext, GradSumState, record_key
 
@@ -73,8 +74,6 @@ def whole_reply_scored(ctx: GradSumContext) -> bool:
     answer, so brief working before it still fails, and the added instruction must ask
     for the answer alone (the date demo: cut off at 64 tokens, fixed by "reply with
     exactly the option label")."""
-    from langchain_gradsum.evaluators import exact_match
-
     return any(e is exact_match for e in ctx.evaluators)
 
 
