@@ -136,6 +136,8 @@ class EditWriter:
     def write(self) -> tuple[dict[int, str], str | None]:
         """The usable new prompts by job index, and a stop reason if any."""
         asked = [j for j in range(len(self.jobs)) if j not in self.composed]
+        if self.composed:
+            self.caller.count("composed_edits", len(self.composed))
         replies = dict(zip(asked, self.caller.map(self._ask, asked), strict=True))
         stop = check_failures(self.caller, list(replies.values()))
         results = [self.composed.get(j, replies.get(j)) for j in range(len(self.jobs))]

@@ -235,6 +235,7 @@ def test_when_most_failed_replies_were_cut_off_the_added_instruction_asks_for_br
     assert c1["strategy"] == "shorten" and c2["strategy"] == "rewrite:0"
     assert c1["template"] == f"Q: {{question}}\n{BRIEF} the final answer (yes or no)."
     assert len(edits_of(model)) == 1 and "Write an improved prompt" in edits_of(model)[0]
+    assert out["counters"]["composed_edits"] == 1
 
 
 def test_without_reference_answers_the_editor_writes_the_shorten_instruction() -> None:
