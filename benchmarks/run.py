@@ -403,7 +403,7 @@ def run_gradsum(ctx: Ctx, summarize: bool = True, chain: bool = False) -> dict[s
             "opt": {"best_score": res.best_score, "initial_score": res.initial_score,
                     "split": res.split, "stop_reason": res.stop_reason,
                     "iterations": res.iterations, "reported_calls": res.total_calls,
-                    "usage": res.usage, "counters": res.counters,
+                    "usage": res.usage, "counters": res.counters, "warnings": res.warnings,
                     "candidates": {k: {"template": v["template"], "parent": v["parent_id"],
                                        "scores": v["scores"], "val_score": v["val_score"],
                                        "screen": v.get("screen"),
