@@ -112,11 +112,15 @@ def edit_ask(state: GradSumState, ctx: GradSumContext, job: EditJob) -> str:
 
 def shorten_instruction(state: GradSumState, ctx: GradSumContext) -> str | None:
     """A ``shorten`` child's instruction, composed from the form of the batch's expected
-    answers (`prompts.SHORTEN_INSTRUCTION`); ``None`` when the rows have no reference
-    answers: the editor writes it then."""
+    answers (`prompts.SHORTEN_CALCULATION` for numbers, else `prompts.SHORTEN_INSTRUCTION`);
+    ``None`` when the rows have no reference answers: the editor writes it then."""
     batch = beam_mod.current_batch(state, ctx)
     form = answer_form([state["train"][i] for i in batch])
-    return None if form is None else ctx.meta_prompts.shorten_instruction.format(form=form)
+    if form is None:
+        return None
+    mp = ctx.meta_prompts
+    sentence = mp.shorten_calculation if form == "a number" else mp.shorten_instruction
+    return sentence.format(form=form)
 
 
 class EditWriter:
@@ -195,7 +199,7 @@ class EditGuard:
         mp = ctx.meta_prompts
         self.meta_words = "\n".join([mp.gradient, mp.summarize, mp.edit, mp.edit_instruction,
                                       mp.edit_shorten, mp.shorten_instruction,
-                                      *mp.edit_variants])
+                                      mp.shorten_calculation, *mp.edit_variants])
 
     def critiqued(self, cid: str) -> list[str]:
         """The inputs of the rows `cid` was critiqued on (the editor saw their details)."""

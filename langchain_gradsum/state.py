@@ -357,7 +357,7 @@ class GradSumContext:
     seed: int = field(default=0, metadata={"description": "Seed of the minibatch sampling."})
     meta_prompts: MetaPrompts = field(default_factory=MetaPrompts, metadata={"description": (
         "The judge, gradient, summary and edit prompts, the edit variants, the edit "
-        "retry message, the shortening ask and the composed shortening instruction "
+        "retry message, the shortening ask and the composed shortening instructions "
         "(override any of them).")})
 
     def __post_init__(self) -> None:

@@ -238,6 +238,20 @@ def test_when_most_failed_replies_were_cut_off_the_added_instruction_asks_for_br
     assert out["counters"]["composed_edits"] == 1
 
 
+def test_for_number_answers_the_shorten_instruction_asks_for_only_the_calculation() -> None:
+    """Asked for brief working, the 1.5B model drops its working (svamp: 0.44 vs 0.61 on
+    test); asked for only the calculation it keeps the equation."""
+    state = cut_off_state()
+    for k, ex in enumerate(state["train"]):
+        ex["outputs"] = {"answer": str(10 + k)}
+    model = scripted()
+    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1, evaluators=WORKED)), {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        "Q: {question}\nShow only the calculation in one or two lines, then end your reply "
+        "with the final answer (a number)."]
+    assert edits_of(model) == [] and out["counters"]["composed_edits"] == 1
+
+
 def test_without_reference_answers_the_editor_writes_the_shorten_instruction() -> None:
     state = cut_off_state()
     state["train"] = [{"inputs": ex["inputs"], "outputs": {}} for ex in state["train"]]
