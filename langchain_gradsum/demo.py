@@ -51,6 +51,13 @@ DEMOS = {
         # says so), which costs less than letting them run to 140 tokens; the cap pays
         # for 3 x 24 validation calls (beam 2 + the start prompt) and about 3 iterations
         val=24, max_calls=170),
+    "svamp": DemoTask(
+        "svamp_demo.jsonl", "Answer the question: {question}",
+        "Solve grade-school math word problems. Replies are capped at 128 tokens; the "
+        "reply must end with the final number.", numeric_match, 128,
+        # 128 tokens: an app's reply budget. The start prompt's worked answers run to
+        # about 170 tokens (svamp benchmark), so most are cut off before the number
+        val=24, max_calls=170),
     "sarcasm": DemoTask(
         "ar_sarcasm_demo.jsonl", "Is this tweet sarcastic?\n\n{text}",
         "Decide whether an Arabic tweet is sarcastic. The reply is read by a program: it "

@@ -78,3 +78,14 @@ def test_the_default_demo_cap_pays_for_validation_and_three_iterations(
 
 def exit_() -> None:
     raise KeyboardInterrupt
+
+
+def test_the_svamp_demo_rows_are_its_own_and_a_cut_off_reply_fails() -> None:
+    """The rows come from outside the benchmark's seed-0 splits (see data/README.md);
+    a worked answer cut off at the 128-token cap before its number scores 0."""
+    rows = demo_rows("svamp")
+    assert len({r["inputs"]["question"] for r in rows}) == len(rows) == 48
+    cut = ("To find how many more campers went rowing in the afternoon, we need to follow "
+           "these steps:\n\n1. Identify the number of campers in the morning: 52.\n2. Ide")
+    res = DEMOS["svamp"].evaluator({"output": cut}, rows[0]["outputs"])
+    assert res["score"] == 0.0 and "final number is 2, expected 9" in res["comment"]  # the list item
