@@ -63,7 +63,8 @@ def edit_jobs(state: GradSumState, ctx: GradSumContext) -> list[EditJob]:
             feedback = cand["gradients"].get(key, [])[: ctx.candidates_per_prompt]
         offset = 1 if ctx.instruction_edits else 0
         added = "shorten" if ctx.shorten_edits and not whole_reply_scored(ctx) \
-            and mostly_cut_off(state, ctx, cid) else "instruction"
+            and mostly_cut_off(state, ctx, cid) and not shorten_tried(state, ctx, cid) \
+            else "instruction"
         jobs += [(cid, k, fb, added if k < offset else f"rewrite:{k - offset}")
                  for k, fb in enumerate(feedback)]
     return jobs
@@ -82,6 +83,20 @@ def mostly_cut_off(state: GradSumState, ctx: GradSumContext, cid: str) -> bool:
     cap: then less text, not another instruction about the answer, is the fix."""
     failed = beam_mod.failed_rows(state.get("records", {}), cid, beam_mod.current_batch(state, ctx))
     return bool(failed) and 2 * beam_mod.cut_off_count(state, cid, failed) >= len(failed)
+
+
+def shorten_tried(state: GradSumState, ctx: GradSumContext, cid: str) -> bool:
+    """Whether `cid` with the composed shortening sentence is a prompt already tried (its
+    ``shorten`` child of an earlier iteration): then its added-instruction child is
+    written from the summary instead. Asked again for a shortening, told that the
+    sentence was a duplicate, the 1.5B editor wrote "Use a different prompt that does not
+    repeat any previous one." (svamp, `127ff90`), and that child reached the final beam."""
+    sentence = shorten_instruction(state, ctx)
+    if sentence is None:
+        return False
+    template = state["candidates"][cid]["template"].rstrip() + "\n" + sentence
+    return any(_normalize(c["template"]) == _normalize(template)
+               for c in state["candidates"].values())
 
 
 def edit_ask(state: GradSumState, ctx: GradSumContext, job: EditJob) -> str:

@@ -33,20 +33,23 @@ __all__ = ["advance", "affordable", "beam_on_stop", "calls_needed_for_one_iterat
 
 
 def select_beam(state: GradSumState, beam_width: int, *,
-                form_rows: Sequence[int] | None = None) -> list[str]:
+                form_rows: Sequence[int] | None = None,
+                short_rows: Sequence[int] | None = None) -> list[str]:
     """The best `beam_width` of parents plus children by this iteration's minibatch score.
 
     Candidates without a complete score are dropped. Ties go to the candidate whose
-    replies take the expected answers' form on more of `form_rows` (if given), then
-    to the older candidate (it has survived more minibatches), then the lower id.
+    replies take the expected answers' form on more of `form_rows` (if given), then to
+    the one with fewer output tokens per reply on `short_rows` (if given), then to the
+    older candidate (it has survived more minibatches), then the lower id.
     """
     key = str(state["iteration"])
     cands = state["candidates"]
     scored = [cid for cid in state["beam"] if key in cands[cid]["scores"]]
-    def rank(cid: str) -> tuple[float, float, int, int]:
+    def rank(cid: str) -> tuple[float, float, float, int, int]:
         shaped = form_rate(state, cid, form_rows) if form_rows else None
-        return (-cands[cid]["scores"][key], -(shaped or 0.0), cands[cid]["iteration"],
-                int(cid[1:]))
+        tokens = output_tokens(state, cid, short_rows) if short_rows else None
+        return (-cands[cid]["scores"][key], -(shaped or 0.0), tokens or 0.0,
+                cands[cid]["iteration"], int(cid[1:]))
 
     scored.sort(key=rank)
     return scored[:beam_width]
@@ -60,6 +63,14 @@ def form_rate(state: GradSumState, cid: str, rows: Sequence[int]) -> float | Non
              if (r := records.get(record_key(cid, "train", i))) is not None and "score" in r]
     known = [m for m in marks if m is not None]
     return sum(known) / len(known) if known else None
+
+
+def output_tokens(state: GradSumState, cid: str, rows: Sequence[int]) -> float | None:
+    """`cid`'s mean output tokens per reply on `rows` (``None`` without token counts)."""
+    records = state.get("records", {})
+    counts = [r["output_tokens"] for i in rows
+              if "output_tokens" in (r := records.get(record_key(cid, "train", i)) or {})]
+    return sum(counts) / len(counts) if counts else None
 
 
 def cut_off_count(state: GradSumState, cid: str, rows: Sequence[int]) -> int:
@@ -279,8 +290,9 @@ def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], l
                                        str(it): mean_score(records, cid, batch)}}  # type: ignore[dict-item]
         for cid in beam}
     probe = {**probe, "candidates": {**cands, **scored}}
-    kept = fit_finalists(probe, select_beam(probe, ctx.beam_width,
-                                            form_rows=batch if ctx.form_progress else None))
+    kept = fit_finalists(probe, select_beam(
+        probe, ctx.beam_width, form_rows=batch if ctx.form_progress else None,
+        short_rows=batch if ctx.prefer_short_outputs else None))
     narrowed: dict[str, Any] = {}
     if (cap := narrowed_finalists(probe, ctx, kept)) is not None:
         narrowed = {"finalists_cap": cap}

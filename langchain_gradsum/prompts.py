@@ -232,8 +232,8 @@ instruction (``EDIT_INSTRUCTION_PROMPT``), and its later children are rewrites."
 class MetaPrompts:
     """The meta-prompts (judge, gradient, summary, edit, added-instruction edit), the
     edit's retry message, the ask for a shortening edit and the shortening instructions
-    composed without it (number answers get their own), and the asks that make an edit's children differ.
-    Replace any to change how a module talks to its LLM."""
+    composed without it (number answers get their own), and the asks that make an edit's
+    children differ. Replace any to change how a module talks to its LLM."""
 
     judge: str = JUDGE_PROMPT
     gradient: str = GRADIENT_PROMPT

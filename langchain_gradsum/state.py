@@ -350,7 +350,8 @@ class GradSumContext:
         "the token cap than its parent's (a shorter wrong reply is a step towards a right "
         "one).")})
     prefer_short_outputs: bool = field(default=True, metadata={"description": (
-        "At equal validation score, pick the prompt with shorter outputs (cheaper).")})
+        "At equal score, rank higher the prompt with shorter outputs (cheaper): in the beam "
+        "(on the batch) and in the final pick (on validation).")})
     form_progress: bool = field(default=True, metadata={"description": (
         "At equal score, rank higher the prompt whose replies take the expected answers' form "
         "(an option label, yes/no, a number) on more rows: in screens and the beam.")})

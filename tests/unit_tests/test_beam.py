@@ -82,6 +82,18 @@ def test_select_beam_ties_keep_the_older_then_the_lower_id_whatever_the_order() 
     assert select_beam(state_of(cands, 2), 3) == expected[:3]
 
 
+def test_select_beam_ties_go_to_shorter_outputs_on_the_given_rows() -> None:
+    """A child that scores like its parent in a third of the output tokens ranks first
+    (svamp: the calculation-only child tied the start prompt on two minibatches and,
+    ranked behind it as the younger, was never validated)."""
+    cands = [cand("c0", 0, {1: 0.5}), cand("c1", 1, {1: 0.5}), cand("c2", 1, {1: 0.25})]
+    records = {f"{cid}|train|{i}": {"output": "7", "score": 0.5, "output_tokens": n}
+               for cid, n in (("c0", 170), ("c1", 57), ("c2", 10)) for i in (0, 1)}
+    state = state_of(cands, 1, records=records)
+    assert select_beam(state, 3, short_rows=[0, 1]) == ["c1", "c0", "c2"]
+    assert select_beam(state, 3) == ["c0", "c1", "c2"]  # without: the older first
+
+
 # --- stop_reason ------------------------------------------------------------------------
 
 

@@ -88,4 +88,5 @@ def test_the_svamp_demo_rows_are_its_own_and_a_cut_off_reply_fails() -> None:
     cut = ("To find how many more campers went rowing in the afternoon, we need to follow "
            "these steps:\n\n1. Identify the number of campers in the morning: 52.\n2. Ide")
     res = DEMOS["svamp"].evaluator({"output": cut}, rows[0]["outputs"])
-    assert res["score"] == 0.0 and "final number is 2, expected 9" in res["comment"]  # the list item
+    # its last number is the next list item's
+    assert res["score"] == 0.0 and "final number is 2, expected 9" in res["comment"]

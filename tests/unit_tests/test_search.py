@@ -252,6 +252,24 @@ def test_for_number_answers_the_shorten_instruction_asks_for_only_the_calculatio
     assert edits_of(model) == [] and out["counters"]["composed_edits"] == 1
 
 
+def test_a_parent_whose_shorten_child_was_tried_gets_an_instruction_from_the_summary(
+) -> None:
+    """Re-asked for a shortening the composed sentence already made, the 1.5B editor
+    wrote "Use a different prompt that does not repeat any previous one."; the slot goes
+    to an instruction written from the summary instead."""
+    state = cut_off_state()
+    tried = new_candidate("c1", f"Q: {{question}}\n{BRIEF} the final answer (yes or no).",
+                          parent_id="c0", iteration=1, summary="s")
+    state["candidates"]["c1"] = tried
+    model = scripted(edit=lambda text: "<instruction>Answer in one line.</instruction>")
+    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1, evaluators=WORKED)), {})
+    (child,) = out["candidates"].values()
+    assert child["strategy"] == "instruction"
+    assert child["template"] == "Q: {question}\nAnswer in one line."
+    (ask,) = edits_of(model)
+    assert "replies are too long" not in ask and "composed_edits" not in out["counters"]
+
+
 def test_without_reference_answers_the_editor_writes_the_shorten_instruction() -> None:
     state = cut_off_state()
     state["train"] = [{"inputs": ex["inputs"], "outputs": {}} for ex in state["train"]]
