@@ -361,7 +361,7 @@ def _progress_at_a_tie(state: GradSumState, ctx: GradSumContext, cid: str,
     form but wrong, or a short wrong reply in place of a cut-off one, scores what its
     parent's did, yet it is the step a later edit builds on."""
     parent = state["candidates"][cid]["parent_id"] or "c0"
-    passed, progress = False, {}
+    passed, progress = False, dict[str, float]()
     if ctx.form_progress:
         mine, theirs = form_rate(state, cid, rows), form_rate(state, parent, rows)
         if mine is not None and theirs is not None:
