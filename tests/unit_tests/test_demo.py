@@ -54,10 +54,12 @@ def test_constant_baseline_is_the_most_frequent_answers_share() -> None:
     assert constant_baseline(rows) == ("No", 0.75)
 
 
-def test_the_default_demo_cap_pays_for_validation_and_three_iterations(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("name", "iterations"), [("date", 3), ("svamp", 2)])
+def test_the_demo_caps_pay_for_validation_and_the_iterations(
+        name: str, iterations: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # the date demo validates 3 prompts on 24 rows: with a cap of 100 the planner stopped
-    # it after one iteration (17 calls of search); its own cap must leave room for three
+    # it after one iteration (17 calls of search); its cap must leave room for three, and
+    # the svamp demo's for its two
     from gradsum_fakes import context
 
     from langchain_gradsum.beam import iteration_cost
@@ -65,15 +67,17 @@ def test_the_default_demo_cap_pays_for_validation_and_three_iterations(
     seen = []
     monkeypatch.setattr("langchain_gradsum.demo.run", lambda a: seen.append(a) or exit_())
     with pytest.raises(KeyboardInterrupt):
-        main([])
+        main(["--task", name])
     (a,) = seen
+    assert a.max_calls == DEMOS[name].max_calls and a.iterations >= iterations
     ctx = context(None, beam_width=a.beam_width, candidates_per_prompt=a.candidates,
                   minibatch_size=a.minibatch, max_gradients_per_prompt=a.max_gradients,
                   max_llm_calls=a.max_calls)
     reserve = (a.beam_width + 1) * a.val
     search = a.max_calls - reserve - a.minibatch  # after scoring the start prompt
-    three = iteration_cost(1, a.train, ctx) + 2 * iteration_cost(a.beam_width, a.train, ctx)
-    assert three <= search
+    planned = iteration_cost(1, a.train, ctx) + (iterations - 1) * iteration_cost(
+        a.beam_width, a.train, ctx)
+    assert planned <= search
 
 
 def exit_() -> None:
