@@ -1,13 +1,13 @@
 """`make demo`: GRAD-SUM on a bundled task with the embedded local model.
 
-The default task answers BIG-Bench Hard date questions with six options, scored by
-exact match on the option label ("(B)"), as an app that parses the model's reply
-would. It starts from the bare question, which the 1.5B model answers with a worked
-explanation, optimizes the prompt on a small training pool with the local
-Qwen2.5-Coder-1.5B server, and prints the initial and final validation scores next to
-the best score a constant reply would get on the same rows (the bundled rows are
-balanced: 4 per label, so a constant label scores 1/6), the winning prompt, the calls
-spent and the output tokens per call. ``--task sarcasm`` (Arabic tweets, Yes/No) and
+The default task solves SVAMP arithmetic word problems with replies capped at 128
+tokens, an app's reply budget, scored on the reply's final number. The start prompt
+gets worked answers of about 170 tokens, most of them cut off before the number; the
+search, on a small training pool with the local Qwen2.5-Coder-1.5B server, looks for a
+prompt whose replies fit. It prints the initial and final validation scores next to
+the best score a constant reply would get on the same rows, the winning prompt, the
+calls spent and the output tokens per call. ``--task date`` (BIG-Bench Hard dates,
+exact match on the option label), ``--task sarcasm`` (Arabic tweets, Yes/No) and
 ``--task gsm8k`` (math; its start prompt already does well) run the earlier demos.
 
     python -m langchain_gradsum.local_llm run -- python -m langchain_gradsum.demo
@@ -198,10 +198,11 @@ def report(result: OptimizationResult, out: Path, val: list[dict[str, Any]]) -> 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m langchain_gradsum.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=sorted(DEMOS), default="date")
+    p.add_argument("--task", choices=sorted(DEMOS), default="svamp")
     p.add_argument("--train", type=int, default=24, help="training pool size")
     p.add_argument("--val", type=int, default=None,
-                   help="validation rows (default: the task's, 24 for date, else 16)")
+                   help="validation rows (default: the task's, 24 for svamp and date, "
+                        "else 16)")
     p.add_argument("--minibatch", type=int, default=4)
     p.add_argument("--beam-width", type=int, default=2)
     p.add_argument("--candidates", type=int, default=2, help="candidates per prompt")
@@ -209,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="iterations (default: the task's, 2 for svamp, else 4)")
     p.add_argument("--max-gradients", type=int, default=3)
     p.add_argument("--max-calls", type=int, default=None,
-                   help="cap on LLM calls (default: the task's, 170 for date, else 100)")
+                   help="cap on LLM calls (default: the task's, 130 for svamp, 170 for "
+                        "date, else 100)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="task model reply cap (default: the task's)")
     p.add_argument("--seed", type=int, default=0)

@@ -26,7 +26,7 @@ def test_the_sarcasm_demo_starts_from_a_prompt_whose_replies_fail_exact_match() 
     assert res["score"] == 0.0 and "adds other text" in res["comment"]
 
 
-def test_the_default_demo_rows_are_balanced_so_no_constant_reply_beats_one_sixth(
+def test_the_default_demo_is_svamp_and_the_date_rows_are_balanced(
         monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
 
@@ -37,7 +37,10 @@ def test_the_default_demo_rows_are_balanced_so_no_constant_reply_beats_one_sixth
     monkeypatch.setattr("langchain_gradsum.demo.run", stop_before_the_server)
     with pytest.raises(KeyboardInterrupt):
         main([])
-    (args,) = seen
+    with pytest.raises(KeyboardInterrupt):
+        main(["--task", "date"])
+    default, args = seen
+    assert (default.task, default.max_tokens, default.iterations) == ("svamp", None, 2)
     assert args.task == "date"
     rows = demo_rows("date")
     train, val = rows[: args.train], rows[args.train : args.train + args.val]
