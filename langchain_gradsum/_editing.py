@@ -94,9 +94,15 @@ def shorten_tried(state: GradSumState, ctx: GradSumContext, cid: str) -> bool:
     sentence = shorten_instruction(state, ctx)
     if sentence is None:
         return False
-    template = state["candidates"][cid]["template"].rstrip() + "\n" + sentence
+    template = with_instruction(state["candidates"][cid]["template"], sentence)
     return any(_normalize(c["template"]) == _normalize(template)
                for c in state["candidates"].values())
+
+
+def with_instruction(parent: str, text: str) -> str:
+    """`parent` with the instruction `text` added on a line of its own (its braces
+    escaped: they are text, not template variables)."""
+    return parent.rstrip() + "\n" + text.replace("{", "{{").replace("}", "}}")
 
 
 def edit_ask(state: GradSumState, ctx: GradSumContext, job: EditJob) -> str:
@@ -239,7 +245,7 @@ class EditGuard:
         parent = self.state["candidates"][job[0]]["template"]
         if _normalize(text).lower() in _normalize(parent).lower():
             return parent  # nothing new: the duplicate check says so
-        return parent.rstrip() + "\n" + text.replace("{", "{{").replace("}", "}}")
+        return with_instruction(parent, text)
 
     def check(self, job: EditJob, reply: str) -> tuple[str | None, str | None]:
         """The usable new prompt in a reply, or why it cannot be used (and counts it)."""
