@@ -9,7 +9,10 @@ picks prompts after seeing a run, so its figures are not a search's result.
         --run results/runs/svamp__gradsum__s0.json --candidates c1 c8 \\
         --template "Answer the question: {question}\\nKeep your working short."
 
-Writes results/probes/<task>__s<seed>__<date>.json (the prompts, both splits' scores,
+`--explore 150:210` scores rows outside every run's splits instead (choosing prompts on
+the test rows would make the test split a validation split).
+
+Writes results/probes/<task>__s<seed>[__explore]__<date>.json (the prompts, both splits' scores,
 the paired comparison with the start prompt on test, the commit) and prints a line each.
 """
 
@@ -57,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-label", default="Qwen2.5-Coder-1.5B-Instruct Q4_K_M (llama.cpp)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--base-url", default=None)
+    p.add_argument("--explore", metavar="START:END",
+                   help="score on the seeded shuffle's positions START..END-1 instead of "
+                        "val and test (rows after the test split are in no run's splits)")
     a = p.parse_args(argv)
     task = TASKS[a.task]
     prompts: dict[str, str] = {"initial": task.template}
@@ -68,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     prompts.update({f"template{k}": t.replace("\\n", "\n") for k, t in enumerate(a.template)})
     rows = load_rows(a.data_dir, task)
     cut = split_indices(len(rows), task, a.seed, a.train, a.val, a.test)
+    if a.explore:
+        start, end = (int(x) for x in a.explore.split(":"))
+        if start < a.train + a.val + a.test or end > len(rows):
+            p.error(f"--explore must lie in [{a.train + a.val + a.test}, {len(rows)}]: "
+                    "positions before that are the runs' train/val/test rows")
+        order = split_indices(len(rows), task, a.seed, end, 0, 0)["train"]
+        cut = {"explore": order[start:end]}
+    splits = tuple(cut) if a.explore else ("val", "test")
+    main_split = splits[-1]
     args = SimpleNamespace(seed=a.seed, model_label=a.model_label, concurrency=a.concurrency,
                            cache_dir=CACHE, no_cache=False)
     out: dict[str, Any] = {"task": a.task, "seed": a.seed, "git": git_state(),
@@ -79,28 +94,36 @@ def main(argv: list[str] | None = None) -> int:
             scored: dict[str, dict[str, list[dict[str, Any]]]] = {}
             for name, template in prompts.items():
                 scored[name] = {}
-                for split in ("val", "test"):
+                for split in splits:
                     ctx = Ctx(task, {"test": [rows[i] for i in cut[split]]}, meter, args,
                               print, test_idx=cut[split])
                     scored[name][split] = test_template(ctx, template)
         finally:
             meter.close()
-    base = [r["score"] for r in scored["initial"]["test"]]
+    if a.explore:
+        out["explore"] = {"positions": a.explore, "rows": cut["explore"]}
+    base = [r["score"] for r in scored["initial"][main_split]]
     for name, template in prompts.items():
-        val = [r["score"] for r in scored[name]["val"]]
-        test = [r["score"] for r in scored[name]["test"]]
-        toks = [r["output_tokens"] for r in scored[name]["test"] if r["output_tokens"]]
-        entry = {"template": template, "val": sum(val) / len(val), "test": sum(test) / len(test),
+        means = {s: sum(r["score"] for r in scored[name][s]) / len(scored[name][s])
+                 for s in splits}
+        rows_ = scored[name][main_split]
+        toks = [r["output_tokens"] for r in rows_ if r["output_tokens"]]
+        entry = {"template": template, **means,
                  "out_tokens": round(sum(toks) / len(toks), 1) if toks else None,
-                 "vs_initial_test": compare(base, test) if name != "initial" else None}
+                 "cut_off": sum(1 for r in rows_ if r["output_tokens"] == task.max_tokens),
+                 f"vs_initial_{main_split}": (compare(base, [r["score"] for r in rows_])
+                                              if name != "initial" else None)}
         out["prompts"][name] = entry
-        cmp_ = entry["vs_initial_test"]
+        cmp_ = entry[f"vs_initial_{main_split}"]
         tail = "" if cmp_ is None else (
             f"  vs initial {cmp_['diff']:+.2f} [{cmp_['ci95'][0]:+.2f}, {cmp_['ci95'][1]:+.2f}]"
             f" p={cmp_['p_mcnemar']:.2g}")
-        print(f"{name}: val {entry['val']:.2f} test {entry['test']:.2f} "
-              f"({entry['out_tokens']} out tok){tail}")
-    path = RESULTS.parent / "probes" / f"{a.task}__s{a.seed}__{out['date_utc'][:10]}.json"
+        shown = " ".join(f"{s} {means[s]:.2f}" for s in splits)
+        print(f"{name}: {shown} ({entry['out_tokens']} out tok, {entry['cut_off']} cut off)"
+              f"{tail}")
+    tag = "__explore" if a.explore else ""
+    path = (RESULTS.parent / "probes"
+            / f"{a.task}__s{a.seed}{tag}__{out['date_utc'][:10]}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"wrote {path}")

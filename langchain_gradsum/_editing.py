@@ -295,6 +295,10 @@ class EditGuard:
             # are not instructions
             return ("rejected: copies the evaluation's measurements into the prompt; write "
                     "instructions instead")
+        if (said := misaddressed(template, known=state["candidates"][cid]["template"])):
+            return (f"rejected: {said!r} speaks to the user or about prompts; the prompt is "
+                    "read by the model that answers, with the input already filled in: "
+                    "write instructions to that model")
         return None
 
     def _comments(self, cid: str) -> list[str]:
@@ -320,6 +324,32 @@ def pasted_length(template: str, shown: Sequence[str], known: str) -> bool:
     known_numbers = {m.group(1) for m in _LENGTH.finditer(known)}
     return any(m.group(1) in measured and m.group(1) not in known_numbers
                for m in _LENGTH.finditer(template))
+
+
+_MISADDRESSED = re.compile(
+    r"\b(?:please )?provide (?:me with )?(?:the|a|an) "
+    r"(?:(?!answer|solution|reply|response|result|calculation)[a-z]+ ){0,3}"
+    r"(?:passage|question|sentence|problem|text|input)s?\b(?! (?:is|are|as)\b)"
+    r"|\b(?:a |an )?(?:different|new|previous|another|better|improved) "
+    r"(?:prompts?|versions? of the prompt)\b"
+    r"|<the [a-z ]+>", re.I)
+
+
+def misaddressed(template: str, known: str) -> str | None:
+    """The words of a line new to `template` (not in `known`, the parent prompt) that
+    speak to the wrong reader, or ``None``.
+
+    The 1.5B editor confuses the prompt it edits with a request to itself: it writes
+    "Please provide the Wikipedia passage and the question." (the input is already in
+    the prompt), "Use a different prompt that does not repeat any previous one.", or
+    "The expected answer is <the expected answer>." (14 of the 97 children in the
+    benchmark runs of 2026-12-01..03; they never help the model that answers).
+    """
+    old = {line.strip() for line in known.splitlines()}
+    for line in template.splitlines():
+        if line.strip() and line.strip() not in old and (m := _MISADDRESSED.search(line)):
+            return m.group(0)
+    return None
 
 
 def new_children(state: GradSumState, ctx: GradSumContext, jobs: list[EditJob],

@@ -151,6 +151,36 @@ def test_an_edit_stating_a_measured_reply_length_is_rejected(instruction: str,
         assert "copies the evaluation's measurements" in rt.events[0]["why"]
 
 
+@pytest.mark.parametrize("instruction", [
+    "Please provide the question and the sentence about sports.",  # bbh_sports, 2026-12-02
+    "Use a different prompt that does not repeat any previous one.",  # svamp, 2026-12-03
+    "The expected answer is <the expected answer>.",  # rag_nq_open, 2026-12-03
+])
+def test_an_edit_that_speaks_to_the_user_or_about_prompts_is_rejected_and_re_asked(
+        instruction: str) -> None:
+    replies = iter([f"<instruction>{instruction}</instruction>",
+                    "<instruction>Reply with only yes or no.</instruction>"])
+    model = scripted(edit=lambda text: next(replies))
+    rt = FakeRuntime(context(model, candidates_per_prompt=1))
+    out = edit(failing_state(), rt, {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        f"{PROMPT}\nReply with only yes or no."]
+    assert "speaks to the user or about prompts" in rt.events[0]["why"]
+    assert "speaks to the user or about prompts" in edits_of(model)[-1]
+
+
+def test_misaddressed_ignores_lines_the_parent_has_and_instructions_about_the_input() -> None:
+    from langchain_gradsum._editing import misaddressed
+    parent = "Please provide the answer to the question: {question}"
+    # the start prompt's own wording is the user's, not the editor's
+    assert misaddressed(parent + "\nBe brief.", known=parent) is None
+    assert misaddressed("{question}\nUse the provided passage to answer.", known="") is None
+    assert misaddressed("{question}\nProvide the final answer as a number.", known="") is None
+    assert misaddressed("{question}\nProvide the answer for each question.", known="") is None
+    assert misaddressed("{question}\nPlease provide the passage.", known="") == (
+        "Please provide the passage")
+
+
 def test_an_instruction_the_prompt_already_has_is_a_duplicate_and_re_asked() -> None:
     replies = iter(["<instruction>Q:</instruction>", "<instruction>Be brief.</instruction>"])
     model = scripted(edit=lambda text: next(replies))
