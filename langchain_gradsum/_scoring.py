@@ -9,6 +9,7 @@ are reused, and identical judge messages within a step are judged once (`SharedC
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -194,6 +195,27 @@ def split_score(records: Mapping[str, Record], cid: str, split: str, n: int) -> 
     if any(s is None for s in scores):
         return None
     return sum(scores) / n  # type: ignore[arg-type]
+
+
+def paired_comparison(records: Mapping[str, Record], base: str, other: str, split: str,
+                      n: int) -> dict[str, Any] | None:
+    """`other` against `base` row by row on `split`: on how many rows it scored higher
+    (`won`), lower (`lost`), and the exact two-sided sign-test p of that split (McNemar's
+    exact test when scores are 0/1). ``None`` if a row is unscored for either.
+
+    On 20 validation rows a lift of one or two rows is noise: the svamp winner of
+    `5ed61af` beat its start prompt 0.70 to 0.65 on validation and tied it on 100 test
+    rows (10 won, 10 lost)."""
+    won = lost = 0
+    for i in range(n):
+        a = records.get(record_key(base, split, i), {}).get("score")
+        b = records.get(record_key(other, split, i), {}).get("score")
+        if a is None or b is None:
+            return None
+        won, lost = won + (b > a), lost + (b < a)
+    k, m = min(won, lost), won + lost
+    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m) if m else 1.0
+    return {"rows": n, "won": won, "lost": lost, "p": p}
 
 
 def rank_finalists(records: Mapping[str, Record], candidates: Mapping[str, Candidate],

@@ -676,13 +676,19 @@ def _write_outputs(result: Any, run_info: dict[str, Any], out: Path) -> list[Pat
     return [result_path, report_path]
 
 
+def _row_by_row(cmp: dict[str, Any] | None) -> str:
+    return "" if cmp is None else (
+        f"; {cmp['won']} rows won, {cmp['lost']} lost, p = {cmp['p']:.2g}")
+
+
 def _print_summary(console: Console, result: Any, written: list[Path]) -> None:
     def fmt(x: Any) -> str:
         return f"{x:.3f}" if isinstance(x, int | float) else "–"
 
     console.print(
         f"best {result.best_id}: {fmt(result.best_score)} on {result.split} "
-        f"(initial {fmt(result.initial_score)}) · stop: {result.stop_reason} · "
+        f"(initial {fmt(result.initial_score)}{_row_by_row(result.comparison)}) · "
+        f"stop: {result.stop_reason} · "
         f"{result.iterations} iteration(s) · {result.total_calls} calls · "
         f"{result.total_tokens:,} tokens · {result.wall_time_s:.1f} s",
         markup=False,

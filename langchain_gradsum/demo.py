@@ -173,6 +173,9 @@ def report(result: OptimizationResult, out: Path, val: list[dict[str, Any]]) -> 
     print(f"validation score: initial {result.initial_score:.2f} -> final "
           f"{result.best_score:.2f}  ({result.split}, {result.best_id}, "
           f"stop: {result.stop_reason})")
+    if (cmp := result.comparison) is not None:
+        print(f"row by row: {cmp['won']} won, {cmp['lost']} lost of {cmp['rows']} "
+              f"(sign test p = {cmp['p']:.2g})")
     top, share = constant_baseline(val)
     print(f"a constant reply ({top!r}) would score {share:.2f} on these rows")
     print("winning prompt:\n" + "-" * 72 + f"\n{result.best_template}\n" + "-" * 72)

@@ -12,6 +12,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 
 from langchain_gradsum._knobs import MODEL_ROLES, knobs
+from langchain_gradsum._scoring import paired_comparison
 from langchain_gradsum._templates import PromptSlot
 from langchain_gradsum.evaluators import evaluator_name
 from langchain_gradsum.feedback import cut_off_replies, one_reply
@@ -55,8 +56,13 @@ class OptimizationResult:
     invoke (the app passed in is not changed); else ``None``."""
     warnings: list[str] = field(default_factory=list)
     """What to check before trusting the best score: the best prompt gave one reply on
-    (nearly) every validation row (`feedback.one_reply`), or its replies often stopped
-    at the token cap (`feedback.cut_off_replies`)."""
+    (nearly) every validation row (`feedback.one_reply`), its replies often stopped at
+    the token cap (`feedback.cut_off_replies`), or its lift over the initial prompt is
+    within noise (`comparison`: sign test p >= 0.05)."""
+    comparison: dict[str, Any] | None = None
+    """The best prompt against the initial one row by row on `split` (finished runs whose
+    best is not the initial prompt): ``{"rows", "won", "lost", "p"}``, `p` the exact
+    two-sided sign test (McNemar's exact test for 0/1 scores)."""
 
     @property
     def total_calls(self) -> int:
@@ -129,6 +135,17 @@ class OptimizationResult:
         warnings = [w for w in (one_reply(records, best_id, val),
                                 cut_off_replies(records, best_id, val)) if w] \
             if split == "val" else []
+        comparison = None
+        if split in ("val", "train") and best_id != "c0":
+            n = len(val) if split == "val" else len(state.get("train") or [])
+            comparison = paired_comparison(records, "c0", best_id, split, n)
+            if comparison is not None and comparison["p"] >= 0.05:
+                warnings.append(
+                    f"the best prompt beat the initial prompt on {comparison['won']} of "
+                    f"{n} {'validation' if split == 'val' else 'training'} rows and lost on "
+                    f"{comparison['lost']} (sign test p = "
+                    f"{comparison['p']:.2g}): the lift may be noise; score both prompts on "
+                    "more rows before trusting it")
         return cls(
             best_prompt=slot.rebuild(template),
             best_app=app.build(template) if app is not None else None,
@@ -146,6 +163,7 @@ class OptimizationResult:
             records=dict(state.get("records") or {}),
             settings={**settings, **({"app": app.describe()} if app is not None else {})},
             warnings=warnings,
+            comparison=comparison,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,6 +186,7 @@ class OptimizationResult:
             "records": self.records,
             "settings": self.settings,
             "warnings": self.warnings,
+            "comparison": self.comparison,
         }
 
     def to_json(self, **kwargs: Any) -> str:

@@ -94,6 +94,9 @@ def test_optimize_writes_result_and_report(fake_local: dict[str, Any],
     assert "[gradsum] iteration 0/2" in res.output
     assert re.search(r"\[gradsum\]   c\d scored \d\.\d{3}", res.output)
     assert "[gradsum] best c" in res.output
+    cmp = result["comparison"]  # the best prompt against the initial one, row by row
+    assert cmp["rows"] == 3 and cmp["won"] + cmp["lost"] <= 3
+    assert f"; {cmp['won']} rows won, {cmp['lost']} lost, p = " in res.output
     assert "--- best prompt ---\nThink step by step, then answer: {question}\n" in res.output
     assert f"wrote {out / 'report.html'}" in res.output
 

@@ -593,7 +593,10 @@ def test_a_best_prompt_that_gives_one_reply_everywhere_is_flagged(tmp_path: Any)
     assert result.warnings == [
         "the best prompt gives the same reply, 'no', on 6 of 6 validation rows, and 4 of "
         "the 6 rows expect it: its score may be that of a fixed answer, not of the task "
-        "learned"]
+        "learned",
+        "the best prompt beat the initial prompt on 4 of 6 validation rows and lost on 0 "
+        "(sign test p = 0.12): the lift may be noise; score both prompts on more rows "
+        "before trusting it"]
     assert result.to_dict()["warnings"] == result.warnings
     assert "Warning: the best prompt gives the same reply, &#x27;no&#x27;, on 6 of 6" in \
         render_report(result.to_dict())
@@ -672,3 +675,27 @@ def test_an_editor_looping_on_one_line_keeps_it_once() -> None:
     loop = "Be brief. " + "The answer must be a whole number. " * 5 + "The answer must be a"
     assert extract_prompt(f"<prompt>{loop}\n\n{{question}}</prompt>") == (
         "Be brief. The answer must be a whole number. The answer must be a\n\n{question}")
+
+
+@pytest.mark.parametrize(("n_val", "noisy"), [(3, True), (8, False)])
+def test_the_result_compares_the_best_prompt_with_the_initial_row_by_row(
+        n_val: int, noisy: bool) -> None:
+    """All n rows won: sign test p = 2 / 2**n (0.25 for 3 rows: noise; 0.008 for 8)."""
+    model = scripted(generate=lambda text: "yes" if "only" in text else "I think yes.",
+                     edit=lambda text: "<instruction>Reply with only yes or no.</instruction>")
+    result = optimizer(model, minibatch_size=3, max_iterations=1,
+                       candidates_per_prompt=1).optimize(PROMPT, qa_rows(3, answer="yes"),
+                                                         qa_rows(n_val, "v", answer="yes"))
+    assert result.best_id != "c0" and result.best_score == 1.0
+    assert result.comparison == {"rows": n_val, "won": n_val, "lost": 0,
+                                 "p": pytest.approx(2 / 2 ** n_val)}
+    assert result.to_dict()["comparison"] == result.comparison
+    assert any("the lift may be noise" in w for w in result.warnings) is noisy
+
+
+def test_a_result_that_keeps_the_initial_prompt_has_no_comparison() -> None:
+    model = scripted(generate=lambda text: "yes",
+                     edit=lambda text: "<prompt>Hm {question}</prompt>")
+    result = optimizer(model, minibatch_size=3, max_iterations=1).optimize(
+        PROMPT, qa_rows(3, answer="yes"), qa_rows(3, "v", answer="yes"))
+    assert result.best_id == "c0" and result.comparison is None
