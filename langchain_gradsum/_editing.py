@@ -332,6 +332,7 @@ _MISADDRESSED = re.compile(
     r"(?:passage|question|sentence|problem|text|input)s?\b(?! (?:is|are|as)\b)"
     r"|\b(?:a |an )?(?:different|new|previous|another|better|improved) "
     r"(?:prompts?|versions? of the prompt)\b"
+    r"|\b(?:the|this) (?:current |original )?prompt\b"
     r"|<the [a-z ]+>", re.I)
 
 
@@ -342,13 +343,18 @@ def misaddressed(template: str, known: str) -> str | None:
     The 1.5B editor confuses the prompt it edits with a request to itself: it writes
     "Please provide the Wikipedia passage and the question." (the input is already in
     the prompt), "Use a different prompt that does not repeat any previous one.", or
-    "The expected answer is <the expected answer>." (14 of the 97 children in the
-    benchmark runs of 2026-12-01..03; they never help the model that answers).
+    "The expected answer is <the expected answer>.", or pastes its critique in ("The
+    current prompt does not specify this, which leads to incorrect choices"): 23 of the
+    104 children in the benchmark runs of 2026-12-01..04 did one of these, and none
+    of them helps the model that answers. A phrase the parent already has is the
+    user's wording, not the editor's.
     """
-    old = {line.strip() for line in known.splitlines()}
+    old, seen = {line.strip() for line in known.splitlines()}, known.lower()
     for line in template.splitlines():
-        if line.strip() and line.strip() not in old and (m := _MISADDRESSED.search(line)):
-            return m.group(0)
+        if line.strip() and line.strip() not in old:
+            for m in _MISADDRESSED.finditer(line):
+                if m.group(0).lower() not in seen:
+                    return m.group(0)
     return None
 
 

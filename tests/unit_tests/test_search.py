@@ -155,6 +155,7 @@ def test_an_edit_stating_a_measured_reply_length_is_rejected(instruction: str,
     "Please provide the question and the sentence about sports.",  # bbh_sports, 2026-12-02
     "Use a different prompt that does not repeat any previous one.",  # svamp, 2026-12-03
     "The expected answer is <the expected answer>.",  # rag_nq_open, 2026-12-03
+    "The current prompt does not specify this, which leads to wrong choices.",  # hellaswag
 ])
 def test_an_edit_that_speaks_to_the_user_or_about_prompts_is_rejected_and_re_asked(
         instruction: str) -> None:
@@ -179,6 +180,10 @@ def test_misaddressed_ignores_lines_the_parent_has_and_instructions_about_the_in
     assert misaddressed("{question}\nProvide the answer for each question.", known="") is None
     assert misaddressed("{question}\nPlease provide the passage.", known="") == (
         "Please provide the passage")
+    # a rewrite that keeps the user's own wording about "the prompt" is not the editor's
+    user = "Read the prompt below and answer it.\n{question}"
+    assert misaddressed("{question}\nRead the prompt below, then answer.", known=user) is None
+    assert misaddressed("{question}\nThe prompt lacks a format.", known="") == "The prompt"
 
 
 def test_an_instruction_the_prompt_already_has_is_a_duplicate_and_re_asked() -> None:
