@@ -58,7 +58,7 @@ class OptimizationResult:
     """What to check before trusting the best score: the best prompt gave one reply on
     (nearly) every validation row (`feedback.one_reply`), its replies often stopped at
     the token cap (`feedback.cut_off_replies`), or its lift over the initial prompt is
-    within noise (`comparison`: sign test p >= 0.05)."""
+    within noise (`comparison`: more rows won than lost, sign test p >= 0.05)."""
     comparison: dict[str, Any] | None = None
     """The best prompt against the initial one row by row on `split` (finished runs whose
     best is not the initial prompt): ``{"rows", "won", "lost", "p"}``, `p` the exact
@@ -139,7 +139,8 @@ class OptimizationResult:
         if split in ("val", "train") and best_id != "c0":
             n = len(val) if split == "val" else len(state.get("train") or [])
             comparison = paired_comparison(records, "c0", best_id, split, n)
-            if comparison is not None and comparison["p"] >= 0.05:
+            if comparison is not None and comparison["won"] > comparison["lost"] \
+                    and comparison["p"] >= 0.05:  # (a tie is picked for shorter replies)
                 warnings.append(
                     f"the best prompt beat the initial prompt on {comparison['won']} of "
                     f"{n} {'validation' if split == 'val' else 'training'} rows and lost on "

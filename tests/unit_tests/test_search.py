@@ -698,6 +698,20 @@ def test_the_result_compares_the_best_prompt_with_the_initial_row_by_row(
     assert any("the lift may be noise" in w for w in result.warnings) is noisy
 
 
+def test_a_tie_picked_for_shorter_replies_is_compared_but_not_called_a_lift() -> None:
+    from langchain_gradsum.result import OptimizationResult
+
+    c0, c1 = [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]  # 0.5 each, 2 rows won, 2 lost
+    records = {f"{cid}|val|{i}": {"output": f"reply {cid} {i}", "score": score}
+               for cid, scores in (("c0", c0), ("c1", c1)) for i, score in enumerate(scores)}
+    cands = {"c0": cand("c0", val_score=0.5), "c1": cand("c1", "x {question}", val_score=0.5)}
+    result = OptimizationResult.from_state(
+        {"prompt": PROMPT, "train": qa_rows(3), "val": qa_rows(4, "v"), "candidates": cands,
+         "best_id": "c1", "stop_reason": "done", "records": records})
+    assert result.comparison == {"rows": 4, "won": 2, "lost": 2, "p": 1.0}
+    assert result.warnings == []
+
+
 def test_a_result_that_keeps_the_initial_prompt_has_no_comparison() -> None:
     model = scripted(generate=lambda text: "yes",
                      edit=lambda text: "<prompt>Hm {question}</prompt>")
