@@ -338,7 +338,9 @@ def _summary(run: _Run) -> dict[str, Any]:
             "budget": settings.get("max_llm_calls"), "tokens": tokens,
             "out_best": out_tokens.get("best"), "out_initial": out_tokens.get("initial"),
             "wall_time": d.get("wall_time_s"), "n_candidates": len(run.ids),
-            "warnings": [str(w) for w in d.get("warnings") or []]}
+            "warnings": [str(w) for w in d.get("warnings") or []],
+            "comparison": d.get("comparison") if isinstance(d.get("comparison"), Mapping)
+            else None}
 
 
 # --- score chart ---------------------------------------------------------------------

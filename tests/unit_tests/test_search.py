@@ -696,6 +696,10 @@ def test_the_result_compares_the_best_prompt_with_the_initial_row_by_row(
                                  "p": pytest.approx(2 / 2 ** n_val)}
     assert result.to_dict()["comparison"] == result.comparison
     assert any("the lift may be noise" in w for w in result.warnings) is noisy
+    from langchain_gradsum.report import render_report
+
+    assert (f"the best won {n_val} and lost 0 of {n_val} rows (sign test p = "
+            f"{2 / 2 ** n_val:.2g})") in render_report(result.to_dict())
 
 
 def test_a_tie_picked_for_shorter_replies_is_compared_but_not_called_a_lift() -> None:
