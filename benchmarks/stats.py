@@ -24,6 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from langchain_gradsum._scoring import sign_test_p
+
 N_BOOT = 10_000
 
 
@@ -52,14 +54,9 @@ def discordant(a: Sequence[int], b: Sequence[int]) -> tuple[int, int]:
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
-    """Exact two-sided McNemar p-value from the discordant counts: 2 x P(X <= min) for
-    X ~ Binomial(only_a + only_b, 1/2), capped at 1 (1.0 when there is no discordant pair)."""
-    n = only_a + only_b
-    if n == 0:
-        return 1.0
-    k = min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(k + 1))
-    return min(1.0, 2 * tail / 2 ** n)
+    """Exact two-sided McNemar p-value from the discordant counts: the package's own
+    sign test (`_scoring.sign_test_p`), which the result's validation comparison uses."""
+    return sign_test_p(only_a, only_b)
 
 
 def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> float:

@@ -337,8 +337,8 @@ _MISADDRESSED = re.compile(
 
 
 def misaddressed(template: str, known: str) -> str | None:
-    """The words of a line new to `template` (not in `known`, the parent prompt) that
-    speak to the wrong reader, or ``None``.
+    """The first words of `template` that speak to the wrong reader and that `known`
+    (the parent prompt) does not already say, or ``None``.
 
     The 1.5B editor confuses the prompt it edits with a request to itself: it writes
     "Please provide the Wikipedia passage and the question." (the input is already in
@@ -349,13 +349,9 @@ def misaddressed(template: str, known: str) -> str | None:
     of them helps the model that answers. A phrase the parent already has is the
     user's wording, not the editor's.
     """
-    old, seen = {line.strip() for line in known.splitlines()}, known.lower()
-    for line in template.splitlines():
-        if line.strip() and line.strip() not in old:
-            for m in _MISADDRESSED.finditer(line):
-                if m.group(0).lower() not in seen:
-                    return m.group(0)
-    return None
+    seen = known.lower()  # (a line the parent has holds only phrases it has)
+    return next((m.group(0) for m in _MISADDRESSED.finditer(template)
+                 if m.group(0).lower() not in seen), None)
 
 
 def new_children(state: GradSumState, ctx: GradSumContext, jobs: list[EditJob],

@@ -213,9 +213,17 @@ def paired_comparison(records: Mapping[str, Record], base: str, other: str, spli
         if a is None or b is None:
             return None
         won, lost = won + (b > a), lost + (b < a)
-    k, m = min(won, lost), won + lost
-    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m) if m else 1.0
-    return {"rows": n, "won": won, "lost": lost, "p": p}
+    return {"rows": n, "won": won, "lost": lost, "p": sign_test_p(won, lost)}
+
+
+def sign_test_p(won: int, lost: int) -> float:
+    """Exact two-sided sign-test p of `won` against `lost` rows (McNemar's exact test
+    on the discordant pairs): 2 x P(X <= min) for X ~ Binomial(won + lost, 1/2), capped
+    at 1 (1.0 when no row differs)."""
+    m = won + lost
+    if m == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(m, i) for i in range(min(won, lost) + 1)) / 2 ** m)
 
 
 def rank_finalists(records: Mapping[str, Record], candidates: Mapping[str, Candidate],

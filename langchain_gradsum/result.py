@@ -12,7 +12,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 
 from langchain_gradsum._knobs import MODEL_ROLES, knobs
-from langchain_gradsum._scoring import paired_comparison
+from langchain_gradsum._scoring import paired_comparison, rows_of
 from langchain_gradsum._templates import PromptSlot
 from langchain_gradsum.evaluators import evaluator_name
 from langchain_gradsum.feedback import cut_off_replies, one_reply
@@ -137,7 +137,7 @@ class OptimizationResult:
             if split == "val" else []
         comparison = None
         if split in ("val", "train") and best_id != "c0":
-            n = len(val) if split == "val" else len(state.get("train") or [])
+            n = len(rows_of(state, split))  # type: ignore[arg-type]
             comparison = paired_comparison(records, "c0", best_id, split, n)
             if comparison is not None and comparison["won"] > comparison["lost"] \
                     and comparison["p"] >= 0.05:  # (a tie is picked for shorter replies)
