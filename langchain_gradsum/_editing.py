@@ -345,7 +345,7 @@ def misaddressed(template: str, known: str) -> str | None:
     the prompt), "Use a different prompt that does not repeat any previous one.", or
     "The expected answer is <the expected answer>.", or pastes its critique in ("The
     current prompt does not specify this, which leads to incorrect choices"): 23 of the
-    104 children in the benchmark runs of 2026-12-01..04 did one of these, and none
+    97 children of the committed benchmark runs (2026-12-04) did one of these, and none
     of them helps the model that answers. A phrase the parent already has is the
     user's wording, not the editor's.
     """
