@@ -353,13 +353,22 @@ def _judge_screens(state: GradSumState, ctx: GradSumContext
     return screened, beam, events
 
 
+SHORTER = 0.75
+"""At a tie in a screen, replies this share of the parent's length or less are progress."""
+
+
 def _progress_at_a_tie(state: GradSumState, ctx: GradSumContext, cid: str,
                        rows: Sequence[int]) -> tuple[bool, dict[str, float]]:
     """Whether a child that tied its parent on its screen rows still made progress there,
     and the measures: more replies in the expected form (``form_progress``) or fewer cut
     off at the token cap (``cut_off_progress``). On a 0/1 metric a reply in the right
     form but wrong, or a short wrong reply in place of a cut-off one, scores what its
-    parent's did, yet it is the step a later edit builds on."""
+    parent's did, yet it is the step a later edit builds on. With
+    ``prefer_short_outputs``, replies at least a quarter shorter than the parent's
+    (`SHORTER`) are progress too: the same score for less output is what the final pick
+    prefers, and a 1-row screen both fail says nothing about the score (the svamp run of
+    `1a0e8d0` dropped "Show only the calculation in one or two lines, ..." that way; on 60
+    other rows it scored 0.75 to the start's 0.67 in a third of the tokens)."""
     parent = state["candidates"][cid]["parent_id"] or "c0"
     passed, progress = False, dict[str, float]()
     if ctx.form_progress:
@@ -372,6 +381,11 @@ def _progress_at_a_tie(state: GradSumState, ctx: GradSumContext, cid: str,
         if their_cut:
             progress.update(cut_off=mine_cut, parent_cut_off=their_cut)
             passed = passed or mine_cut < their_cut
+    if ctx.prefer_short_outputs:
+        mine_tok, their_tok = output_tokens(state, cid, rows), output_tokens(state, parent, rows)
+        if mine_tok is not None and their_tok:
+            progress.update(output_tokens=mine_tok, parent_output_tokens=their_tok)
+            passed = passed or mine_tok <= SHORTER * their_tok
     return passed, progress
 
 

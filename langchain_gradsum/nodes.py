@@ -275,7 +275,8 @@ def finalize(state: GradSumState, runtime: Ctx, config: RunnableConfig) -> dict[
                 runtime.stream_writer({"event": "validated", "candidate": cid, "split": split,
                                        "score": val, "calls": _calls_now(state, caller)})
     candidates, best_id, best = rank_finalists(
-        records, state["candidates"], finalists, split, n, prefer_short=ctx.prefer_short_outputs)
+        records, state["candidates"], finalists, split, n, prefer_short=ctx.prefer_short_outputs,
+        replace_start_p=ctx.replace_start_p)
     runtime.stream_writer({"event": "best", "candidate": best_id,
                            "score": best if best >= 0 else None,
                            "calls": _calls_now(state, caller)})

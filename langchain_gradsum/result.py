@@ -147,6 +147,19 @@ class OptimizationResult:
                     f"{comparison['lost']} (sign test p = "
                     f"{comparison['p']:.2g}): the lift may be noise; score both prompts on "
                     "more rows before trusting it")
+        if split in ("val", "train") and best_id == "c0":
+            held = [(cid, c) for cid, c in state["candidates"].items()
+                    if (c.get("val_score") or 0) > (initial or 0) and c.get("lead")]
+            if held:
+                cid, c = max(held, key=lambda item: item[1]["val_score"])
+                lead = c["lead"]
+                warnings.append(
+                    f"{cid} scored {c['val_score']:.2f} to the initial prompt's "
+                    f"{initial:.2f} on {'validation' if split == 'val' else 'training'} "
+                    f"rows ({lead['won']} won, {lead['lost']} lost, sign test p = "
+                    f"{lead['p']:.2g}): a lead that may be noise, so the initial prompt is "
+                    "kept (replace_start_p); score both on more rows, or set "
+                    "replace_start_p=1.0 to take it")
         return cls(
             best_prompt=slot.rebuild(template),
             best_app=app.build(template) if app is not None else None,

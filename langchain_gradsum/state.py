@@ -76,6 +76,12 @@ class Screen(TypedDict):
     token cap: on how many of `rows` the child's were..."""
     parent_cut_off: NotRequired[int]
     """... and the parent's: the child passes if its count is lower."""
+    output_tokens: NotRequired[float]
+    """With ``prefer_short_outputs``, at a tie: the child's mean output tokens per reply
+    on `rows`..."""
+    parent_output_tokens: NotRequired[float]
+    """... and the parent's: the child passes if its replies are at least a quarter
+    shorter (`beam.SHORTER`)."""
 
 
 class Candidate(TypedDict):
@@ -100,6 +106,10 @@ class Candidate(TypedDict):
     scores: dict[str, float]
     """Mean minibatch score, by iteration (as a string key)."""
     val_score: float | None
+    lead: NotRequired[dict[str, Any] | None]
+    """A validated finalist's paired record against the initial prompt on the final
+    split (`_scoring.paired_comparison`: ``{"rows", "won", "lost", "p"}``); it may
+    replace the initial prompt only with ``p <= replace_start_p``."""
     strategy: NotRequired[str | None]
     """How the edit was asked for: ``"instruction"`` (one added instruction),
     ``"shorten"`` (one added instruction asking for brief working, see ``shorten_edits``)
@@ -350,11 +360,19 @@ class GradSumContext:
         "the token cap than its parent's (a shorter wrong reply is a step towards a right "
         "one).")})
     prefer_short_outputs: bool = field(default=True, metadata={"description": (
-        "At equal score, rank higher the prompt with shorter outputs (cheaper): in the beam "
-        "(on the batch) and in the final pick (on validation).")})
+        "At equal score, rank higher the prompt with shorter outputs (cheaper): in screens "
+        "(replies a quarter shorter pass), in the beam (on the batch) and in the final pick "
+        "(on validation).")})
     form_progress: bool = field(default=True, metadata={"description": (
         "At equal score, rank higher the prompt whose replies take the expected answers' form "
         "(an option label, yes/no, a number) on more rows: in screens and the beam.")})
+    replace_start_p: Annotated[float, Interval(ge=0, le=1)] = field(default=0.35, metadata={
+        "description": (
+            "The final pick replaces the initial prompt only if it beat it on more "
+            "validation rows than it lost with exact sign-test p at most this (0.35: 3 rows "
+            "won to 0, 5 to 1 or 10 to 5 pass; 4 to 1 does not); else the best such "
+            "finalist, or the initial prompt, is picked. 1.0: the best score wins, at equal "
+            "score the shorter replies.")})
     seed: int = field(default=0, metadata={"description": "Seed of the minibatch sampling."})
     meta_prompts: MetaPrompts = field(default_factory=MetaPrompts, metadata={"description": (
         "The judge, gradient, summary and edit prompts, the edit variants, the edit "

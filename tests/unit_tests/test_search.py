@@ -363,6 +363,37 @@ def test_a_shorten_child_is_screened_first_on_the_cut_off_failures() -> None:
     assert screens == {"shorten": [0], "rewrite:0": [2]}
 
 
+@pytest.mark.parametrize(("short", "prefer_short", "passes"), [
+    ("five", True, True),                  # 1 word to the parent's 12: progress
+    ("five", False, False),                # the knob off: a tie is a fail
+    ("it may be five, or it may not be five", True, False),  # 10: not a quarter shorter
+])
+def test_a_child_whose_replies_are_far_shorter_at_a_tie_goes_on(
+        short: str, prefer_short: bool, passes: bool) -> None:
+    """The start prompt rambles (12 words, never cut off) and is wrong everywhere; the
+    child answers `short`: wrong on the two rows it is screened on (a tie at 0), right
+    on the other two. Replies a quarter shorter or more pass the tie, and the child then
+    wins on the batch; otherwise it is dropped at its screen."""
+    answers = ["seven", "three", "five", "five"]
+    rows = [{"inputs": {"question": f"q{i}"}, "outputs": {"answer": a}}
+            for i, a in enumerate(answers)]
+    val = [{"inputs": {"question": f"v{i}"}, "outputs": {"answer": "five"}} for i in range(4)]
+    ramble = "I am not sure about this one, so I will guess six."
+    model = scripted(generate=lambda text: short if GOOD in text else ramble)
+    result = optimizer(model, minibatch_size=4, max_iterations=1, beam_width=2,
+                       candidates_per_prompt=1, prefer_short_outputs=prefer_short,
+                       evaluators=WORKED).optimize(PROMPT, rows, val)
+    screen = result.candidates["c1"]["screen"]
+    assert screen["rows"] == [0, 1] and screen["score"] == 0.0  # a tie on the screen
+    assert screen["passed"] is passes
+    if prefer_short:
+        assert (screen["output_tokens"], screen["parent_output_tokens"]) == (
+            len(short.split()), len(ramble.split()))
+    else:
+        assert "output_tokens" not in screen
+    assert result.best_template != PROMPT if passes else result.best_template == PROMPT
+
+
 @pytest.mark.parametrize("cut_off_progress", [True, False])
 def test_a_child_whose_replies_are_no_longer_cut_off_goes_on(cut_off_progress: bool) -> None:
     """The start prompt's replies all stop at the token cap (0 everywhere); the child that
@@ -381,8 +412,10 @@ def test_a_child_whose_replies_are_no_longer_cut_off_goes_on(cut_off_progress: b
                          response_metadata={"finish_reason": "length"})
 
     model = scripted(generate=generate)
+    # (with `prefer_short_outputs` the child's far shorter replies pass its screen too)
     result = optimizer(model, minibatch_size=4, max_iterations=1, beam_width=2,
                        candidates_per_prompt=1, cut_off_progress=cut_off_progress,
+                       prefer_short_outputs=cut_off_progress,
                        evaluators=WORKED).optimize(PROMPT, rows, val)
     screen = result.candidates["c1"]["screen"]
     assert result.candidates["c1"]["strategy"] == "shorten"
@@ -536,6 +569,7 @@ def test_a_child_that_fixes_the_form_but_not_yet_the_answers_goes_on(
     model = scripted(generate=generate, edit=edit_reply)
     result = optimizer(model, minibatch_size=4, max_iterations=1, beam_width=2,
                        candidates_per_prompt=1, form_progress=form_progress,
+                       prefer_short_outputs=form_progress,  # "(B)" is shorter, too
                        ).optimize(PROMPT, rows, val)
     screen = result.candidates["c1"]["screen"]
     assert screen["rows"] == [0, 1] and screen["score"] == 0.0  # a tie on the screen
@@ -722,3 +756,70 @@ def test_a_result_that_keeps_the_initial_prompt_has_no_comparison() -> None:
     result = optimizer(model, minibatch_size=3, max_iterations=1).optimize(
         PROMPT, qa_rows(3, answer="yes"), qa_rows(3, "v", answer="yes"))
     assert result.best_id == "c0" and result.comparison is None
+
+
+def val_records(scores: dict[str, list[float]]) -> dict[str, Any]:
+    return {f"{cid}|val|{i}": {"output": "x", "score": s}
+            for cid, row in scores.items() for i, s in enumerate(row)}
+
+
+@pytest.mark.parametrize(("c1", "replace_start_p", "best"), [
+    ([1] * 4 + [0] + [1] * 10 + [0] * 5, 0.35, "c0"),  # 4 won, 1 lost: p = 0.38
+    ([1] * 4 + [0] + [1] * 10 + [0] * 5, 1.0, "c1"),   # any lead
+    ([1] * 3 + [1] + [1] * 10 + [0] * 6, 0.35, "c1"),  # 3 won, 0 lost: p = 0.25
+])
+def test_the_final_pick_replaces_the_start_only_on_a_lead_beyond_noise(
+        c1: list[float], replace_start_p: float, best: str) -> None:
+    from langchain_gradsum._scoring import rank_finalists
+
+    c0 = [0, 0, 0, 1] + [1] * 10 + [0] * 6  # 0.55
+    records = val_records({"c0": c0, "c1": c1})
+    cands = {"c0": cand("c0"), "c1": cand("c1", "New {question}", parent="c0")}
+    validated, best_id, score = rank_finalists(records, cands, ["c1", "c0"], "val", 20,
+                                               prefer_short=True,
+                                               replace_start_p=replace_start_p)
+    assert best_id == best and score == sum(c1 if best == "c1" else c0) / 20
+    assert validated["c1"]["lead"]["won"] - validated["c1"]["lead"]["lost"] == (
+        sum(c1) - sum(c0))
+    assert "lead" not in validated["c0"]
+
+
+def test_a_finalist_ranked_lower_but_with_a_clear_lead_is_picked() -> None:
+    from langchain_gradsum._scoring import rank_finalists
+
+    c0 = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]  # 0.5
+    c1 = [1, 1, 1, 1, 0, 0, 1, 1, 1, 1]  # 0.8: 4 won, 1 lost (p = 0.38)
+    c2 = [1, 1, 1, 0, 0, 1, 1, 1, 1, 1]  # 0.8: 3 won, 0 lost (p = 0.25)
+    records = val_records({"c0": c0, "c1": c1, "c2": c2})
+    cands = {"c0": cand("c0"), "c1": cand("c1", "A {question}", parent="c0"),
+             "c2": cand("c2", "B {question}", parent="c0")}
+    for p, best in ((0.35, "c2"), (1.0, "c1")):  # c1 is first in the beam
+        _, best_id, _ = rank_finalists(records, cands, ["c1", "c2", "c0"], "val", 10,
+                                       prefer_short=False, replace_start_p=p)
+        assert best_id == best
+
+
+def test_a_start_kept_over_a_noisy_lead_says_so_in_the_result() -> None:
+    """4 of 5 validation rows won and 1 lost (p = 0.38): the initial prompt stays, and
+    the result says which prompt scored higher and how to take it anyway."""
+    val = [*qa_rows(4, "v", answer="yes"), *qa_rows(1, "w", answer="no")]
+
+    def generate(text: str) -> str:
+        return "yes" if "only" in text else "no" if "w0" in text else "I think yes."
+
+    def run(replace_start_p: float) -> Any:
+        model = scripted(generate=generate, edit=lambda text: (
+            "<instruction>Reply with only yes or no.</instruction>"))
+        return optimizer(model, minibatch_size=3, max_iterations=1, candidates_per_prompt=1,
+                         replace_start_p=replace_start_p).optimize(
+            PROMPT, qa_rows(3, answer="yes"), val)
+
+    result = run(0.35)
+    assert result.best_id == "c0" and result.best_score == 0.2
+    assert result.candidates["c1"]["val_score"] == 0.8
+    assert result.warnings == [
+        "c1 scored 0.80 to the initial prompt's 0.20 on validation rows (4 won, 1 lost, "
+        "sign test p = 0.38): a lead that may be noise, so the initial prompt is kept "
+        "(replace_start_p); score both on more rows, or set replace_start_p=1.0 to take it"]
+    taken = run(1.0)
+    assert taken.best_id == "c1" and taken.best_score == 0.8
