@@ -93,17 +93,12 @@ def scripted(respond: Callable[[str, str], Any] | None = None, **overrides: Any
     return ScriptedChatModel(respond=respond or Script(**overrides))
 
 
-ANY_LEAD: dict[str, Any] = {"replace_start_p": 1.0}
-"""The helpers' final pick takes any lead over the start prompt: their validation sets
-have 2-4 rows, where no lead is significant (the default's own tests set it back)."""
-
-
 def optimizer(model: Any, **settings: Any) -> GradSumOptimizer:
     """An optimizer with fast test defaults (no retry sleeps, exact_match evaluator)."""
     from langchain_gradsum import exact_match
 
     defaults: dict[str, Any] = dict(evaluators=[exact_match], retry_backoff=0,
-                                    max_iterations=1, minibatch_size=2, **ANY_LEAD)
+                                    max_iterations=1, minibatch_size=2)
     return GradSumOptimizer(model, **{**defaults, **settings})
 
 
@@ -111,7 +106,7 @@ def context(model: Any, **settings: Any) -> RunContext:
     from langchain_gradsum import exact_match
 
     defaults: dict[str, Any] = dict(evaluators=(exact_match,), retry_backoff=0,
-                                    minibatch_size=2, **ANY_LEAD)
+                                    minibatch_size=2)
     return RunContext(model=model, **{**defaults, **settings})
 
 

@@ -800,26 +800,28 @@ def test_a_finalist_ranked_lower_but_with_a_clear_lead_is_picked() -> None:
 
 
 def test_a_start_kept_over_a_noisy_lead_says_so_in_the_result() -> None:
-    """4 of 5 validation rows won and 1 lost (p = 0.38): the initial prompt stays, and
-    the result says which prompt scored higher and how to take it anyway."""
+    """4 of 5 validation rows won and 1 lost (p = 0.38): with replace_start_p=0.35 the
+    initial prompt stays, and the result says which prompt scored higher and how to take
+    it anyway; by default the lead is taken and the result warns it may be noise."""
     val = [*qa_rows(4, "v", answer="yes"), *qa_rows(1, "w", answer="no")]
 
     def generate(text: str) -> str:
         return "yes" if "only" in text else "no" if "w0" in text else "I think yes."
 
-    def run(replace_start_p: float) -> Any:
+    def run(**gate: float) -> Any:
         model = scripted(generate=generate, edit=lambda text: (
             "<instruction>Reply with only yes or no.</instruction>"))
         return optimizer(model, minibatch_size=3, max_iterations=1, candidates_per_prompt=1,
-                         replace_start_p=replace_start_p).optimize(
+                         **gate).optimize(
             PROMPT, qa_rows(3, answer="yes"), val)
 
-    result = run(0.35)
+    result = run(replace_start_p=0.35)
     assert result.best_id == "c0" and result.best_score == 0.2
     assert result.candidates["c1"]["val_score"] == 0.8
     assert result.warnings == [
         "c1 scored 0.80 to the initial prompt's 0.20 on validation rows (4 won, 1 lost, "
         "sign test p = 0.38): a lead that may be noise, so the initial prompt is kept "
         "(replace_start_p); score both on more rows, or set replace_start_p=1.0 to take it"]
-    taken = run(1.0)
+    taken = run()  # the default takes the best validation score, with a warning
     assert taken.best_id == "c1" and taken.best_score == 0.8
+    assert any("the lift may be noise" in w for w in taken.warnings)
