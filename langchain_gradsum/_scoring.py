@@ -235,9 +235,9 @@ def rank_finalists(records: Mapping[str, Record], candidates: Mapping[str, Candi
 
     Best score; at equal score the shorter outputs (`prefer_short`); then the beam's
     rank. A finalist not scored on every row (the budget ran out) cannot be compared
-    fairly and is left out. One ranked above the initial prompt replaces it only on a
-    lead that is unlikely to be noise: more rows won than lost with sign-test p at most
-    `replace_start_p` (1.0, the default: any lead). 20 validation rows cannot tell
+    fairly and is left out. With `replace_start_p` below 1.0 (the default) one ranked
+    above the initial prompt replaces it only on a lead unlikely to be noise: more rows
+    won than lost with sign-test p at most `replace_start_p`. 20 validation rows cannot tell
     such leads apart: the svamp pick of `1a0e8d0` (4 rows won to 1, p = 0.38) lost 56
     to 61 on 100 test rows, while the mmlu finalist that 0.35 held back on `7543775`
     (5 to 3, p = 0.73) scored 41 to the start prompt's 28 (p = 0.029).
