@@ -406,12 +406,20 @@ def _without_repeats(text: str) -> str:
     earlier one word for word: a small editor can loop on one sentence until its reply
     cap (the mmlu winner of 2026-12-02 said "If your reply is not in the correct
     format, ..." on six lines; a svamp rewrite said "The answer must be a whole number,
-    not a decimal or fraction." twenty times on one line)."""
+    not a decimal or fraction." twenty times on one line). Runs of blank lines become
+    one, and a last line that only begins an earlier one goes too: a hellaswag rewrite
+    of `5a58f22` looped through a dozen blank lines to its cap and ended "The AI
+    assistant must choose the letter (A-D) of the most"."""
     seen: set[str] = set()
-    kept = []
-    for line in text.splitlines():
+    kept: list[str] = []
+    lines = text.splitlines()
+    for n, line in enumerate(lines):
         key = " ".join(line.split()).lower()
         if key and key in seen:
+            continue
+        if not key and kept and not kept[-1].strip():
+            continue
+        if n == len(lines) - 1 and _cut_short(key, seen):
             continue
         seen.add(key)
         sentences = _SENTENCE_END.split(line)
@@ -425,7 +433,14 @@ def _without_repeats(text: str) -> str:
                 new.append(sentence)
             line = " ".join(new)
         kept.append(line)
-    return "\n".join(kept)
+    return "\n".join(kept).rstrip()
+
+
+def _cut_short(key: str, seen: set[str]) -> bool:
+    """Whether the (normalized) line `key` is an unfinished start of an earlier line or
+    sentence: five words or more, no placeholder, no closing punctuation."""
+    return len(key.split()) >= 5 and "{" not in key and not key.endswith(
+        (".", "!", "?", ":", '"')) and any(s.startswith(key) and s != key for s in seen)
 
 
 def extract_instruction(reply: str) -> str:

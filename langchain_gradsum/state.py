@@ -363,6 +363,10 @@ class GradSumContext:
         "At equal score, rank higher the prompt with shorter outputs (cheaper): in screens "
         "(replies a quarter shorter pass), in the beam (on the batch) and in the final pick "
         "(on validation).")})
+    pooled_ranking: bool = field(default=True, metadata={"description": (
+        "Rank the beam by each candidate's mean score over every minibatch it was scored "
+        "on, not the latest one alone (a 4-row batch is mostly noise); False: the latest "
+        "batch, the paper's way.")})
     form_progress: bool = field(default=True, metadata={"description": (
         "At equal score, rank higher the prompt whose replies take the expected answers' form "
         "(an option label, yes/no, a number) on more rows: in screens and the beam.")})

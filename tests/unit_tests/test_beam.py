@@ -58,10 +58,28 @@ def test_select_beam_keeps_the_best_parents_and_children_by_minibatch_score() ->
     assert select_beam(state, 10) == ["c1", "c3", "c0", "c2"]
 
 
-def test_select_beam_uses_this_iterations_score_only() -> None:
+def test_select_beam_uses_this_iterations_score_only_unless_pooled() -> None:
     # c0 was great on the last minibatch but is worse on this one
     state = state_of([cand("c0", 0, {0: 1.0, 1: 0.3}), cand("c1", 1, {1: 0.4})], iteration=1)
     assert select_beam(state, 1) == ["c1"]
+    assert select_beam(state, 1, pooled=True) == ["c0"]  # 0.65 over two batches
+
+
+def test_pooled_ranking_keeps_a_parent_a_single_bad_batch_would_drop() -> None:
+    """hellaswag, 5a58f22: the start prompt (0.25, 1.0, 0.5, then 0.0) left the beam for
+    two children at 0.25 that scored 0.10 and 0.25 on validation to its 0.60."""
+    state = state_of([cand("c0", 0, {0: 0.25, 1: 1.0, 2: 0.5, 3: 0.0}),
+                      cand("c1", 1, {1: 0.25, 2: 0.5, 3: 0.25}), cand("c6", 3, {3: 0.25}),
+                      cand("c7", 3, {})], iteration=3)
+    assert select_beam(state, 2) == ["c1", "c6"]
+    assert select_beam(state, 2, pooled=True) == ["c0", "c1"]
+    # the knob reaches the beam decisions
+    batch_rows = {f"{c}|train|{i}": {"output": "x", "score": float(c != "c0" and i == 0)}
+                  for c in ("c0", "c1", "c6") for i in range(4)}  # c0 0.0, c1 and c6 0.25
+    for pooled, beam in ((True, ["c0", "c1"]), (False, ["c1", "c6"])):
+        st = {**state, "records": batch_rows, "batch": [0, 1, 2, 3], "beam": ["c0", "c1", "c6"]}
+        update, _ = advance(st, ctx(beam_width=2, pooled_ranking=pooled, max_iterations=10))
+        assert update["beam"] == beam
 
 
 def test_select_beam_ignores_candidates_outside_the_beam() -> None:

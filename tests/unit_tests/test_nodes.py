@@ -517,6 +517,16 @@ def test_edit_makes_no_child_without_feedback() -> None:
         ("<PROMPT>unclosed {x}", "unclosed {x}"),
         ("```text\nfenced {x}\n```", "fenced {x}"),
         ("plain {x}", "plain {x}"),
+        # an editor looping to its cap: blank-line runs become one, the cut-off
+        # restart of an earlier sentence goes (hellaswag, 5a58f22)
+        ("Pick {x}.\n\nYou must choose the letter (A-D) of the best option.\n\n\n\n\n"
+         "You must choose the letter (A-D) of the",
+         "Pick {x}.\n\nYou must choose the letter (A-D) of the best option."),
+        # a last line that merely starts like an earlier one is kept if it is finished
+        ("Q: {x}\nAnswer: give the number in digits.\nAnswer:",
+         "Q: {x}\nAnswer: give the number in digits.\nAnswer:"),
+        ("Use {x}. Reply with the final answer on its own line.\nReply with the final answer",
+         "Use {x}. Reply with the final answer on its own line."),
     ],
 )
 def test_extract_prompt(reply: str, expected: str) -> None:

@@ -37,6 +37,23 @@ def test_heal_escapes_invented_variables() -> None:
     assert rendered == "Answer Q as {style} in {lang}."
 
 
+def test_heal_drops_a_sentence_that_asks_for_an_invented_value() -> None:
+    """mmlu, 5a58f22: "The correct answer is {expected_answer}." nobody fills in."""
+    text = ("Answer about {subject}.\n\n{question}\n\nThe correct answer is "
+            "{expected_answer}.\n\nReply with A, B, C or D. Use {style} here. Thanks.")
+    healed, status = heal_template(text, ["subject", "question"])
+    assert status == "repaired"
+    assert healed == "Answer about {subject}.\n\n{question}\n\nReply with A, B, C or D. Thanks."
+    # in a sentence with a required variable it is escaped instead
+    assert heal_template("Answer {question} as {style}. Be brief.", ["question"]) == (
+        "Answer {question} as {{style}}. Be brief.", "repaired")
+
+
+def test_heal_escapes_an_invented_value_it_cannot_drop() -> None:
+    assert heal_template("The answer is {expected}.", []) == (
+        "The answer is {{expected}}.", "repaired")
+
+
 @pytest.mark.parametrize(
     ("text", "healed"),
     [
