@@ -107,16 +107,19 @@ def _without_invented(text: str, required: set[str]) -> str:
         return any(n.isidentifier() and n not in required for n in names) and not any(
             n in required for n in names)
 
-    lines = []
+    lines: list[str] = []
+    dropped = False  # a whole line: the blank lines around it would pile up
     for line in text.splitlines():
         sentences = [m.group(0) for m in _SENTENCE.finditer(line) if m.group(0)]
         if not any(invented(x) for x in sentences):
             lines.append(line)
-            continue
-        if kept := "".join(x for x in sentences if not invented(x)).strip():
+        elif kept := "".join(x for x in sentences if not invented(x)).strip():
             lines.append(kept)
-    out = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)) if len(lines) < len(
-        text.splitlines()) else "\n".join(lines)
+        else:
+            dropped = True
+    out = "\n".join(lines)
+    if dropped:
+        out = re.sub(r"\n{3,}", "\n\n", out)
     return out if out.strip() else text
 
 
