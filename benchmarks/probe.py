@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--explore", metavar="START:END",
                    help="score on the seeded shuffle's positions START..END-1 instead of "
                         "val and test (rows after the test split are in no run's splits)")
+    p.add_argument("--outside-seeds", type=int, nargs="*", default=[], metavar="SEED",
+                   help="with --explore: skip the rows in these seeds' train/val/test "
+                        "splits too (other seeds shuffle differently)")
+    p.add_argument("--outside-demo", action="store_true",
+                   help="with --explore: skip the rows of the task's bundled demo data too")
     a = p.parse_args(argv)
     task = TASKS[a.task]
     prompts: dict[str, str] = {"initial": task.template}
@@ -79,8 +84,20 @@ def main(argv: list[str] | None = None) -> int:
         if start < a.train + a.val + a.test or end > len(rows):
             p.error(f"--explore must lie in [{a.train + a.val + a.test}, {len(rows)}]: "
                     "positions before that are the runs' train/val/test rows")
-        order = split_indices(len(rows), task, a.seed, end, 0, 0)["train"]
-        cut = {"explore": order[start:end]}
+        order = split_indices(len(rows), task, a.seed, len(rows), 0, 0)["train"]
+        used = {i for seed in a.outside_seeds for part in split_indices(
+            len(rows), task, seed, a.train, a.val, a.test).values() for i in part}
+        if a.outside_demo:
+            demo = HERE.parent / "langchain_gradsum" / "data" / f"{a.task}_demo.jsonl"
+            inputs = {json.dumps(json.loads(line)["inputs"], sort_keys=True)
+                      for line in demo.read_text(encoding="utf-8").splitlines() if line}
+            used |= {i for i, r in enumerate(rows)
+                     if json.dumps(r["inputs"], sort_keys=True) in inputs}
+        outside = [i for i in order[start:] if i not in used]
+        if len(outside) < end - start:
+            p.error(f"--explore {a.explore}: only {len(outside)} rows from position {start} "
+                    "lie outside the seeds' splits")
+        cut = {"explore": outside[: end - start]}
     splits = tuple(cut) if a.explore else ("val", "test")
     main_split = splits[-1]
     args = SimpleNamespace(seed=a.seed, model_label=a.model_label, concurrency=a.concurrency,
@@ -101,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             meter.close()
     if a.explore:
-        out["explore"] = {"positions": a.explore, "rows": cut["explore"]}
+        out["explore"] = {"positions": a.explore, "outside_seeds": a.outside_seeds,
+                          "outside_demo": a.outside_demo, "rows": cut["explore"]}
     base = [r["score"] for r in scored["initial"][main_split]]
     for name, template in prompts.items():
         means = {s: sum(r["score"] for r in scored[name][s]) / len(scored[name][s])

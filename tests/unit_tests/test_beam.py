@@ -23,6 +23,7 @@ from langchain_gradsum.beam import (
     narrowed_finalists,
     route,
     select_beam,
+    shrunk_scores,
     stop_reason,
 )
 from langchain_gradsum.nodes import new_candidate
@@ -80,6 +81,36 @@ def test_pooled_ranking_keeps_a_parent_a_single_bad_batch_would_drop() -> None:
         st = {**state, "records": batch_rows, "batch": [0, 1, 2, 3], "beam": ["c0", "c1", "c6"]}
         update, _ = advance(st, ctx(beam_width=2, pooled_ranking=pooled, max_iterations=10))
         assert update["beam"] == beam
+
+
+def test_pooled_prior_ranks_a_score_held_over_several_batches_above_one_lucky_batch() -> None:
+    """svamp seed 1, bcedf83: c1 scored 0.75 on each of three batches, c3 0.75 on its
+    only one; the plain mean tied them and c3 went ahead on a tie-break, c1 was never
+    validated. Shrunk by one batch towards the field's mean, c1 leads; a child with full
+    marks on its one batch still goes ahead of it."""
+    cands = [cand("c0", 0, {0: 0.5, 1: 0.75, 2: 0.25, 3: 0.75}),
+             cand("c1", 1, {1: 0.75, 2: 0.75, 3: 0.75}), cand("c3", 2, {3: 0.75}),
+             cand("c4", 3, {3: 0.5}), cand("c5", 3, {3: 0.25})]
+    assert shrunk_scores(cands, 0.0)["c3"] == shrunk_scores(cands, 0.0)["c1"] == 0.75
+    shrunk = shrunk_scores(cands, 1.0)
+    assert shrunk["c1"] == pytest.approx(0.703125) and shrunk["c3"] == pytest.approx(0.65625)
+    state = state_of(cands, iteration=3)
+    assert select_beam(state, 1, pooled=True, prior=1.0) == ["c1"]
+    assert select_beam(state, 2, pooled=True, prior=0.0)[1] in ("c1", "c3")
+    lucky = state_of([*cands, cand("c6", 3, {3: 1.0})], iteration=3)
+    assert select_beam(lucky, 2, pooled=True, prior=1.0) == ["c6", "c1"]
+    # the knob reaches the beam decisions: the tie-break on output tokens favours c3
+    right = {"c0": 3, "c1": 3, "c3": 3, "c4": 2, "c5": 1}  # of 4: the scores above
+    records = {f"{c}|train|{i}": {"output": "7", "score": float(i < n),
+                                  "output_tokens": 10 if c == "c3" else 100}
+               for c, n in right.items() for i in range(4)}
+    for prior, first in ((1.0, "c1"), (0.0, "c3")):
+        scored = state_of([cand(c["id"], c["iteration"], {k: v for k, v in c["scores"].items()
+                                                           if k != "3"}) for c in cands],
+                          iteration=3)
+        st = {**scored, "records": records, "batch": [0, 1, 2, 3]}
+        update, _ = advance(st, ctx(beam_width=1, pooled_prior=prior, max_iterations=10))
+        assert update["beam"] == [first]
 
 
 def test_select_beam_ignores_candidates_outside_the_beam() -> None:
