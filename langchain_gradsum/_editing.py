@@ -20,6 +20,7 @@ from langchain_gradsum._templates import (
     copied_example,
     example_words,
     heal_template,
+    sentences,
     template_variables,
 )
 from langchain_gradsum.evaluators import exact_match
@@ -398,9 +399,6 @@ def extract_prompt(reply: str) -> str:
     return _without_repeats(_ECHOED.sub("", text).strip())
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
 def _without_repeats(text: str) -> str:
     """`text` without the lines, and the sentences within a line, that repeat an
     earlier one word for word: a small editor can loop on one sentence until its reply
@@ -422,16 +420,17 @@ def _without_repeats(text: str) -> str:
         if n == len(lines) - 1 and _cut_short(key, seen):
             continue
         seen.add(key)
-        sentences = _SENTENCE_END.split(line)
-        if len(sentences) > 1:
+        pieces = sentences(line)
+        if len(pieces) > 1:
             new: list[str] = []
-            for sentence in sentences:
+            for sentence in pieces:
                 skey = " ".join(sentence.split()).lower()
                 if skey in seen and skey.endswith((".", "!", "?")):
                     continue
                 seen.add(skey)
                 new.append(sentence)
-            line = " ".join(new)
+            line = "".join(new)
+            line = line if new[:1] == pieces[:1] else line.lstrip()
         kept.append(line)
     return "\n".join(kept).rstrip()
 

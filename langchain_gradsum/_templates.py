@@ -16,7 +16,8 @@ from langchain_core.prompts import (
     SystemMessagePromptTemplate,
 )
 
-__all__ = ["PromptSlot", "copied_example", "example_words", "heal_template", "template_variables"]
+__all__ = ["PromptSlot", "copied_example", "example_words", "heal_template", "sentences",
+           "template_variables"]
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|\{|\}")
 
@@ -96,7 +97,13 @@ def heal_template(
     return healed, "repaired" if repaired else "ok"
 
 
-_SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|$)")
+_SENTENCE = re.compile(r".*?(?:[.!?]+(?=\s|$)|$)")
+
+
+def sentences(line: str) -> list[str]:
+    """`line` cut after each run of ``.``, ``!`` or ``?`` that ends a word ("3.5" is
+    not cut); the pieces keep their whitespace, so joined they give `line` back."""
+    return [m.group(0) for m in _SENTENCE.finditer(line) if m.group(0)]
 
 
 def _without_invented(text: str, required: set[str]) -> str:
@@ -110,10 +117,10 @@ def _without_invented(text: str, required: set[str]) -> str:
     lines: list[str] = []
     dropped = False  # a whole line: the blank lines around it would pile up
     for line in text.splitlines():
-        sentences = [m.group(0) for m in _SENTENCE.finditer(line) if m.group(0)]
-        if not any(invented(x) for x in sentences):
+        pieces = sentences(line)
+        if not any(invented(x) for x in pieces):
             lines.append(line)
-        elif kept := "".join(x for x in sentences if not invented(x)).strip():
+        elif kept := "".join(x for x in pieces if not invented(x)).strip():
             lines.append(kept)
         else:
             dropped = True

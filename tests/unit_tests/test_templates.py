@@ -13,6 +13,7 @@ from langchain_gradsum._templates import (
     PromptSlot,
     copied_example,
     heal_template,
+    sentences,
     template_variables,
 )
 
@@ -233,3 +234,21 @@ def test_copied_example_finds_a_pasted_input_but_not_shared_instructions() -> No
     original = "Tom has 3 apples and buys 5 more apples at the shop. {question}"
     assert copied_example(original + " Think first.", examples, original=original) is None
     assert copied_example(pasted, examples, min_words=20) is None
+
+
+@pytest.mark.parametrize(("line", "pieces"), [
+    ("Say x. Say y!", ["Say x.", " Say y!"]),
+    ("The answer is 3.5 apples. Done", ["The answer is 3.5 apples.", " Done"]),
+    ("Options (A)...(D)? Pick one.", ["Options (A)...(D)?", " Pick one."]),
+    ("", []),
+])
+def test_sentences_cut_after_a_word_ending_stop_and_join_back(line: str, pieces: list[str]
+                                                              ) -> None:
+    assert sentences(line) == pieces and "".join(pieces) == line
+
+
+def test_a_sentence_repeated_with_a_decimal_in_it_is_dropped_once() -> None:
+    from langchain_gradsum._editing import _without_repeats
+
+    looped = "Round to 0.5 units. Round to 0.5 units. Then stop."
+    assert _without_repeats(looped) == "Round to 0.5 units. Then stop."
