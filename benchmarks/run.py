@@ -75,8 +75,8 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 README = HERE / "README.md"
 TABLE_BEGIN, TABLE_END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
 
-OPTIMIZERS = ["initial", "gradsum", "gradsum_nosum", "gradsum_chain", "copro", "miprov2",
-              "gepa", "initial_dspy"]
+OPTIMIZERS = ["initial", "gradsum", "gradsum_nosum", "gradsum_demos", "gradsum_chain", "copro",
+              "miprov2", "gepa", "initial_dspy"]
 
 
 # --------------------------------------------------------------------------- tasks
@@ -361,9 +361,11 @@ def run_initial(ctx: Ctx) -> dict[str, Any]:
     return {"final_prompt": ctx.task.template, "opt": None}
 
 
-def run_gradsum(ctx: Ctx, summarize: bool = True, chain: bool = False) -> dict[str, Any]:
+def run_gradsum(ctx: Ctx, summarize: bool = True, chain: bool = False,
+                demos: bool = False) -> dict[str, Any]:
     """GRAD-SUM on the bare prompt; with `chain`, on the app ``prompt | model |
-    StrOutputParser()`` (the app path of `optimize`: it should score the same)."""
+    StrOutputParser()`` (the app path of `optimize`: it should score the same); with
+    `demos`, with ``demo_edits`` on."""
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import PromptTemplate
 
@@ -385,7 +387,7 @@ def run_gradsum(ctx: Ctx, summarize: bool = True, chain: bool = False) -> dict[s
         beam_width=a.beam_width, candidates_per_prompt=a.candidates,
         max_iterations=a.iterations, minibatch_size=a.minibatch,
         max_gradients_per_prompt=a.max_gradients, max_llm_calls=a.budget,
-        max_concurrency=a.concurrency, summarize=summarize, seed=a.seed,
+        max_concurrency=a.concurrency, summarize=summarize, seed=a.seed, demo_edits=demos,
     )
 
     def on_event(e: dict[str, Any]) -> None:
@@ -560,6 +562,7 @@ RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "initial": run_initial,
     "gradsum": run_gradsum,
     "gradsum_nosum": lambda ctx: run_gradsum(ctx, summarize=False),
+    "gradsum_demos": lambda ctx: run_gradsum(ctx, demos=True),
     "gradsum_chain": lambda ctx: run_gradsum(ctx, chain=True),
     "copro": lambda ctx: run_dspy(ctx, "copro"),
     "miprov2": lambda ctx: run_dspy(ctx, "miprov2"),

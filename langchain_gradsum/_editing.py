@@ -25,10 +25,16 @@ from langchain_gradsum._templates import (
 )
 from langchain_gradsum.evaluators import exact_match
 from langchain_gradsum.feedback import answer_form, edit_history, evidence, show_inputs
-from langchain_gradsum.state import Candidate, GradSumContext, GradSumState, record_key
+from langchain_gradsum.state import (
+    FULL_MARKS,
+    Candidate,
+    GradSumContext,
+    GradSumState,
+    record_key,
+)
 
 EditJob = tuple[str, int, str, str]
-"""(parent id, child number, feedback, strategy: "instruction", "shorten" or
+"""(parent id, child number, feedback, strategy: "instruction", "shorten", "demo" or
 "rewrite:<k>")."""
 
 ADDED = ("instruction", "shorten")
@@ -66,9 +72,40 @@ def edit_jobs(state: GradSumState, ctx: GradSumContext) -> list[EditJob]:
         added = "shorten" if ctx.shorten_edits and not whole_reply_scored(ctx) \
             and mostly_cut_off(state, ctx, cid) and not shorten_tried(state, ctx, cid) \
             else "instruction"
-        jobs += [(cid, k, fb, added if k < offset else f"rewrite:{k - offset}")
-                 for k, fb in enumerate(feedback)]
+        mine = [(cid, k, fb, added if k < offset else f"rewrite:{k - offset}")
+                for k, fb in enumerate(feedback)]
+        if ctx.demo_edits and mine and mine[-1][3].startswith("rewrite") \
+                and with_demo(state, ctx, cid) is not None:
+            mine[-1] = (*mine[-1][:3], "demo")
+        jobs += mine
     return jobs
+
+
+def with_demo(state: GradSumState, ctx: GradSumContext, cid: str) -> str | None:
+    """`cid`'s template with a demonstration in front: the header
+    (`prompts.DEMO_HEADER`), the inputs of the training row where `cid`'s reply was right
+    and shortest (not cut off at the token cap; the lower row at a tie), and that reply
+    (braces escaped: text, not template variables). ``None`` when `cid` has no such reply,
+    when its template already shows an example, or when the prompt has no template
+    variables (an app's system message: the inputs arrive elsewhere)."""
+    template = state["candidates"][cid]["template"]
+    header = ctx.meta_prompts.demo_header
+    if header in template or not template_variables(state["prompt"]):
+        return None
+    records = state.get("records", {})
+    right = [(r["output_tokens"] if "output_tokens" in r else len(r["output"]), i)
+             for i in range(len(state["train"]))
+             if (r := records.get(record_key(cid, "train", i))) is not None
+             and r.get("score", 0.0) >= FULL_MARKS and not r.get("truncated")
+             and (r.get("output") or "").strip()]
+    if not right:
+        return None
+    row = min(right)[1]
+    inputs = "\n".join(f"{k[:1].upper()}{k[1:]}: {v}"
+                       for k, v in state["train"][row]["inputs"].items())
+    example = f"{inputs}\nReply: {records[record_key(cid, 'train', row)]['output'].strip()}"
+    escaped = example.replace("{", "{{").replace("}", "}}")
+    return f"{header}\n\n{escaped}\n\n{template.lstrip()}"
 
 
 def whole_reply_scored(ctx: GradSumContext) -> bool:
@@ -147,29 +184,38 @@ def shorten_instruction(state: GradSumState, ctx: GradSumContext) -> str | None:
 
 class EditWriter:
     """Asks the editor for each child's prompt; returns the usable ones. A ``shorten``
-    child's instruction is composed where it can be (`shorten_instruction`): no call."""
+    child's instruction is composed where it can be (`shorten_instruction`), a ``demo``
+    child always is (`with_demo`): no call."""
 
     def __init__(self, state: GradSumState, ctx: GradSumContext, caller: LLMCaller,
                  write_event: Callable[[Any], None], jobs: list[EditJob]) -> None:
         self.state, self.ctx, self.caller, self.jobs = state, ctx, caller, jobs
         self.model = role_models(ctx).optimizer
-        self.asks = [edit_ask(state, ctx, job) for job in jobs]
+        self.asks = [edit_ask(state, ctx, job) if job[3] != "demo" else "" for job in jobs]
         self.guard = EditGuard(state, ctx, caller, write_event)
         sentence = shorten_instruction(state, ctx)
         self.composed = {j: f"<instruction>{sentence}</instruction>"
                          for j, job in enumerate(jobs) if job[3] == "shorten" and sentence}
+        self.demos = {j: demo for j, job in enumerate(jobs)
+                      if job[3] == "demo" and (demo := with_demo(state, ctx, job[0]))}
 
     def write(self) -> tuple[dict[int, str], str | None]:
         """The usable new prompts by job index, and a stop reason if any."""
-        asked = [j for j in range(len(self.jobs)) if j not in self.composed]
-        if self.composed:
-            self.caller.count("composed_edits", len(self.composed))
+        asked = [j for j in range(len(self.jobs))
+                 if j not in self.composed and j not in self.demos]
+        if self.composed or self.demos:
+            self.caller.count("composed_edits", len(self.composed) + len(self.demos))
         replies = dict(zip(asked, self.caller.map(self._ask, asked), strict=True))
         stop = check_failures(self.caller, list(replies.values()))
         results = [self.composed.get(j, replies.get(j)) for j in range(len(self.jobs))]
         usable: dict[int, str] = {}  # job index -> new prompt
         unusable: list[tuple[int, str, str]] = []  # (job index, reply, why)
+        for j, demo in self.demos.items():  # the example is meant: only the duplicate check
+            if self.guard.new(demo):
+                usable[j] = demo
         for j, res in enumerate(results):
+            if j in self.demos:
+                continue
             if isinstance(res, str):
                 template, why = self.guard.check(self.jobs[j], res)
                 if template is not None:
@@ -256,15 +302,22 @@ class EditGuard:
             return self._rejected(job, status)
         if (why := self.rejection(job, template)) is not None:
             return self._rejected(job, why)
-        if _normalize(template) in self.seen:
-            self.caller.count("duplicate_candidates")
+        if not self.new(template):
             if template == self.state["candidates"][job[0]]["template"]:
                 return None, "duplicate: the current prompt already says that; add another"
             return None, "duplicate: the same as a prompt already tried"
         if status == "repaired":
             self.caller.count("repaired_candidates")
-        self.seen.add(_normalize(template))
         return template, None
+
+    def new(self, template: str) -> bool:
+        """Whether `template` differs from every prompt tried so far (then it counts as
+        tried); a duplicate is counted."""
+        if _normalize(template) in self.seen:
+            self.caller.count("duplicate_candidates")
+            return False
+        self.seen.add(_normalize(template))
+        return True
 
     def _rejected(self, job: EditJob, why: str) -> tuple[None, str]:
         self.caller.count("rejected_candidates")
@@ -275,8 +328,10 @@ class EditGuard:
         """Why a (well-formed) new prompt must not be used: it copies the data or the
         measurements; ``None`` if it does not."""
         cid, state = job[0], self.state
+        # the parent's own text is not a copy (a ``demo`` parent shows an example)
+        original = "\n".join([state["prompt"], state["candidates"][cid]["template"]])
         if self.examples and (copied := copied_example(
-                template, self.examples, original=state["prompt"])) is not None:
+                template, self.examples, original=original)) is not None:
             return f"rejected: copies example {copied} of the data"
         if self.examples and (seen := self.critiqued(cid)) and (copied_example(
                 template, seen, min_words=4, original=(known := "\n".join(
@@ -289,7 +344,7 @@ class EditGuard:
             return ("rejected: mentions the details of an example it was shown; write "
                     "instructions that hold for every input")
         shown = batch_evidence(state, self.ctx, cid)
-        if copied_example(template, [shown], original=state["prompt"]) is not None or \
+        if copied_example(template, [shown], original=original) is not None or \
                 pasted_length(template, [shown, str(job[2]), *self._comments(cid)],
                               known=state["candidates"][cid]["template"]):
             # small editors paste the measurements in: they describe past outputs, they

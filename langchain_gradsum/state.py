@@ -112,7 +112,8 @@ class Candidate(TypedDict):
     replace the initial prompt only with ``p <= replace_start_p``."""
     strategy: NotRequired[str | None]
     """How the edit was asked for: ``"instruction"`` (one added instruction),
-    ``"shorten"`` (one added instruction asking for brief working, see ``shorten_edits``)
+    ``"shorten"`` (one added instruction asking for brief working, see ``shorten_edits``),
+    ``"demo"`` (an example put in front, see ``demo_edits``)
     or ``"rewrite:<k>"`` (a rewrite with edit variant k); ``None`` for the initial
     prompt."""
     screen: NotRequired[Screen | None]
@@ -355,6 +356,10 @@ class GradSumContext:
         "its added-instruction child is written to ask for brief working (strategy "
         "`shorten`; needs `instruction_edits`; not under `exact_match`, where the whole reply "
         "must be the answer).")})
+    demo_edits: bool = field(default=False, metadata={"description": (
+        "A parent's last rewrite child is instead the parent with an example put in front: "
+        "its shortest right reply on a training row, under that row's inputs (a "
+        "demonstration, strategy `demo`; composed, no editor call; once per lineage).")})
     cut_off_progress: bool = field(default=True, metadata={"description": (
         "At equal score in a screen, a child passes if fewer of its replies were cut off at "
         "the token cap than its parent's (a shorter wrong reply is a step towards a right "

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from gradsum_fakes import GOOD, FakeRuntime, context, optimizer, qa_rows, scripted
 from langchain_core.messages import AIMessage
+from langchain_core.prompts import PromptTemplate
 
 from langchain_gradsum._templates import example_words
 from langchain_gradsum.evaluators import contains_answer, exact_match
@@ -242,6 +243,74 @@ def test_without_instruction_edits_every_child_is_a_rewrite() -> None:
                                                     instruction_edits=False)), {})
     assert {c["strategy"] for c in out["candidates"].values()} == {"rewrite:0", "rewrite:1"}
     assert all("Write an improved prompt" in t for t in edits_of(model))
+
+
+HEADER = "Here is an example of a good reply."
+
+
+def right_replies_state() -> dict[str, Any]:
+    """`failing_state` with two more right replies: row 3 longer than row 1's, row 4
+    shorter but cut off at the token cap; row 1's holds braces."""
+    state = failing_state(train=qa_rows(5, answer="yes"))
+    state["records"]["c0|train|1"] = {"output": "yes {x}", "score": 1.0, "output_tokens": 2}
+    state["records"]["c0|train|3"] = {"output": "yes, it is", "score": 1.0, "output_tokens": 4}
+    state["records"]["c0|train|4"] = {"output": "y", "score": 1.0, "output_tokens": 1,
+                                      "truncated": True}
+    return state
+
+
+def test_a_demo_child_shows_the_parents_shortest_right_reply_in_front_of_it() -> None:
+    """With `demo_edits` the last rewrite slot goes to a demonstration: composed, no
+    editor call; the reply's braces are text; screened like any child."""
+    model = scripted(edit=lambda text: "<instruction>Reply with only yes or no.</instruction>")
+    ctx = context(model, candidates_per_prompt=2, demo_edits=True)
+    out = edit(right_replies_state(), FakeRuntime(ctx), {})
+    c1, c2 = out["candidates"]["c1"], out["candidates"]["c2"]
+    assert c1["strategy"] == "instruction" and c2["strategy"] == "demo"
+    assert c2["template"] == f"{HEADER}\n\nQuestion: q1\nReply: yes {{{{x}}}}\n\nQ: {{question}}"
+    assert PromptTemplate.from_template(c2["template"]).format(question="q9").endswith(
+        "Reply: yes {x}\n\nQ: q9")
+    assert len(edits_of(model)) == 1 and out["counters"]["composed_edits"] == 1
+    assert c2["screen"]["rows"] == [2, 0]
+
+
+@pytest.mark.parametrize("case", ["knob off", "no right reply", "already shows one",
+                                  "one child only"])
+def test_no_demo_child_without_the_knob_a_right_reply_or_a_rewrite_slot(case: str) -> None:
+    state = right_replies_state()
+    settings: dict[str, Any] = {"candidates_per_prompt": 2, "demo_edits": case != "knob off"}
+    if case == "no right reply":
+        state = failing_state()
+        del state["records"]["c0|train|1"]
+    elif case == "already shows one":
+        state["candidates"]["c0"]["template"] = f"{HEADER}\n\nQuestion: q3\nReply: yes\n\nQ: " \
+                                                "{question}"
+    elif case == "one child only":
+        settings["candidates_per_prompt"] = 1
+    model = scripted()
+    out = edit(state, FakeRuntime(context(model, **settings)), {})
+    assert "demo" not in {c["strategy"] for c in out["candidates"].values()}
+    assert len(edits_of(model)) == settings["candidates_per_prompt"]
+
+
+def test_a_child_of_a_demo_parent_is_not_taken_for_a_copy_of_its_example() -> None:
+    """The example the parent shows is the parent's text: an instruction added to it
+    keeps it, and the copied-example guard must not reject that."""
+    long_q = "Is it plausible that the goalkeeper scored a touchdown in the final game?"
+    state = failing_state(train=[{"inputs": {"question": long_q}, "outputs": {"answer": "no"}},
+                                 *qa_rows(2, answer="yes")])
+    parent = f"{HEADER}\n\nQuestion: {long_q}\nReply: no\n\nQ: {{question}}"
+    state["candidates"]["c0"]["template"] = parent
+    model = scripted(edit=lambda text: "<instruction>Reply with only yes or no.</instruction>")
+    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1)), {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        parent + "\nReply with only yes or no."]
+    # a rewrite that pastes the question into a prompt without it is still a copy
+    state["candidates"]["c0"]["template"] = PROMPT
+    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1,
+                                          retry_unusable_edits=False)), {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        PROMPT + "\nReply with only yes or no."]
 
 
 WORKED = [contains_answer]
