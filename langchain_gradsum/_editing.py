@@ -454,6 +454,9 @@ def extract_prompt(reply: str) -> str:
     return _without_repeats(_ECHOED.sub("", text).strip())
 
 
+_EMPTY_ITEM = re.compile(r"\d+[.)]")
+
+
 def _without_repeats(text: str) -> str:
     """`text` without the lines, and the sentences within a line, that repeat an
     earlier one word for word: a small editor can loop on one sentence until its reply
@@ -462,13 +465,15 @@ def _without_repeats(text: str) -> str:
     not a decimal or fraction." twenty times on one line). Runs of blank lines become
     one, and a last line that only begins an earlier one goes too: a hellaswag rewrite
     of `5a58f22` looped through a dozen blank lines to its cap and ended "The AI
-    assistant must choose the letter (A-D) of the most"."""
+    assistant must choose the letter (A-D) of the most". A numbered item with no text
+    goes as well (a rag_nq_open rewrite of `cfaff92` ended its list with "8." to "14."
+    on lines of their own)."""
     seen: set[str] = set()
     kept: list[str] = []
     lines = text.splitlines()
     for n, line in enumerate(lines):
         key = " ".join(line.split()).lower()
-        if key and key in seen:
+        if key and key in seen or _EMPTY_ITEM.fullmatch(key):
             continue
         if not key and kept and not kept[-1].strip():
             continue

@@ -252,3 +252,11 @@ def test_a_sentence_repeated_with_a_decimal_in_it_is_dropped_once() -> None:
 
     looped = "Round to 0.5 units. Round to 0.5 units. Then stop."
     assert _without_repeats(looped) == "Round to 0.5 units. Then stop."
+
+
+def test_numbered_items_with_no_text_are_dropped() -> None:
+    from langchain_gradsum._editing import extract_prompt
+
+    looped = "Steps:\n1. Read the passage.\n2. Answer briefly.\n3.\n4.\n 5. \n\nQ: {question}"
+    assert extract_prompt(f"<prompt>{looped}</prompt>") == (
+        "Steps:\n1. Read the passage.\n2. Answer briefly.\n\nQ: {question}")
