@@ -359,7 +359,8 @@ class GradSumContext:
     demo_edits: bool = field(default=False, metadata={"description": (
         "A parent's last rewrite child is instead the parent with an example put in front: "
         "its shortest right reply on a training row, under that row's inputs (a "
-        "demonstration, strategy `demo`; composed, no editor call; one example per prompt at most).")})
+        "demonstration, strategy `demo`; composed, no editor call; one example per prompt "
+        "at most).")})
     cut_off_progress: bool = field(default=True, metadata={"description": (
         "At equal score in a screen, a child passes if fewer of its replies were cut off at "
         "the token cap than its parent's (a shorter wrong reply is a step towards a right "
