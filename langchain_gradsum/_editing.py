@@ -20,6 +20,7 @@ from langchain_gradsum._templates import (
     copied_example,
     example_words,
     heal_template,
+    literal,
     sentences,
     template_variables,
 )
@@ -104,8 +105,7 @@ def with_demo(state: GradSumState, ctx: GradSumContext, cid: str) -> str | None:
     inputs = "\n".join(f"{k[:1].upper()}{k[1:]}: {v}"
                        for k, v in state["train"][row]["inputs"].items())
     example = f"{inputs}\nReply: {records[record_key(cid, 'train', row)]['output'].strip()}"
-    escaped = example.replace("{", "{{").replace("}", "}}")
-    return f"{header}\n\n{escaped}\n\n{template.lstrip()}"
+    return f"{header}\n\n{literal(example)}\n\n{template.lstrip()}"
 
 
 def whole_reply_scored(ctx: GradSumContext) -> bool:
@@ -140,7 +140,7 @@ def shorten_tried(state: GradSumState, ctx: GradSumContext, cid: str) -> bool:
 def with_instruction(parent: str, text: str) -> str:
     """`parent` with the instruction `text` added on a line of its own (its braces
     escaped: they are text, not template variables)."""
-    return parent.rstrip() + "\n" + text.replace("{", "{{").replace("}", "}}")
+    return parent.rstrip() + "\n" + literal(text)
 
 
 def edit_ask(state: GradSumState, ctx: GradSumContext, job: EditJob) -> str:
@@ -191,13 +191,14 @@ class EditWriter:
                  write_event: Callable[[Any], None], jobs: list[EditJob]) -> None:
         self.state, self.ctx, self.caller, self.jobs = state, ctx, caller, jobs
         self.model = role_models(ctx).optimizer
-        self.asks = [edit_ask(state, ctx, job) if job[3] != "demo" else "" for job in jobs]
+        self.demos = {j: demo for j, job in enumerate(jobs)
+                      if job[3] == "demo" and (demo := with_demo(state, ctx, job[0]))}
+        self.asks = [edit_ask(state, ctx, job) if j not in self.demos else ""
+                     for j, job in enumerate(jobs)]
         self.guard = EditGuard(state, ctx, caller, write_event)
         sentence = shorten_instruction(state, ctx)
         self.composed = {j: f"<instruction>{sentence}</instruction>"
                          for j, job in enumerate(jobs) if job[3] == "shorten" and sentence}
-        self.demos = {j: demo for j, job in enumerate(jobs)
-                      if job[3] == "demo" and (demo := with_demo(state, ctx, job[0]))}
 
     def write(self) -> tuple[dict[int, str], str | None]:
         """The usable new prompts by job index, and a stop reason if any."""
@@ -213,9 +214,7 @@ class EditWriter:
         for j, demo in self.demos.items():  # the example is meant: only the duplicate check
             if self.guard.new(demo):
                 usable[j] = demo
-        for j, res in enumerate(results):
-            if j in self.demos:
-                continue
+        for j, res in enumerate(results):  # (a demo's is None: it was not asked)
             if isinstance(res, str):
                 template, why = self.guard.check(self.jobs[j], res)
                 if template is not None:

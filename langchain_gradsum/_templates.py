@@ -16,10 +16,15 @@ from langchain_core.prompts import (
     SystemMessagePromptTemplate,
 )
 
-__all__ = ["PromptSlot", "copied_example", "example_words", "heal_template", "sentences",
-           "template_variables"]
+__all__ = ["PromptSlot", "copied_example", "example_words", "heal_template", "literal",
+           "sentences", "template_variables"]
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|\{|\}")
+
+
+def literal(text: str) -> str:
+    """`text` as f-string template text: its braces escaped, so none is a variable."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def template_variables(text: str) -> list[str]:
@@ -82,7 +87,7 @@ def heal_template(
             seen.add(name)
             return tok
         repaired = True
-        return tok.replace("{", "{{").replace("}", "}}")
+        return literal(tok)
 
     healed = _TOKEN.sub(fix, text)
     missing = [v for v in required if v not in seen]
@@ -161,7 +166,7 @@ class PromptSlot:
             index = _pick_message(prompt)
             msg = prompt.messages[index]
             if isinstance(msg, BaseMessage):
-                text = str(msg.content).replace("{", "{{").replace("}", "}}")
+                text = literal(str(msg.content))
             else:
                 tmpl = msg.prompt  # type: ignore[union-attr]
                 if not isinstance(tmpl, PromptTemplate) or tmpl.template_format != "f-string":
