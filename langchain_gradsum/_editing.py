@@ -138,9 +138,10 @@ def shorten_tried(state: GradSumState, ctx: GradSumContext, cid: str) -> bool:
 
 
 def with_instruction(parent: str, text: str) -> str:
-    """`parent` with the instruction `text` added on a line of its own (its braces
-    escaped: they are text, not template variables)."""
-    return parent.rstrip() + "\n" + literal(text)
+    """`parent` with the instruction `text` added on a line of its own, after a blank
+    line when `text` has several lines (a reply form, `prompts.SHORTEN_CALCULATION`);
+    its braces escaped: they are text, not template variables."""
+    return parent.rstrip() + ("\n\n" if "\n" in text.strip() else "\n") + literal(text)
 
 
 def edit_ask(state: GradSumState, ctx: GradSumContext, job: EditJob) -> str:
@@ -216,7 +217,7 @@ class EditWriter:
                 usable[j] = demo
         for j, res in enumerate(results):  # (a demo's is None: it was not asked)
             if isinstance(res, str):
-                template, why = self.guard.check(self.jobs[j], res)
+                template, why = self.guard.check(self.jobs[j], res, composed=j in self.composed)
                 if template is not None:
                     usable[j] = template
                 else:
@@ -293,13 +294,17 @@ class EditGuard:
             return parent  # nothing new: the duplicate check says so
         return with_instruction(parent, text)
 
-    def check(self, job: EditJob, reply: str) -> tuple[str | None, str | None]:
-        """The usable new prompt in a reply, or why it cannot be used (and counts it)."""
+    def check(self, job: EditJob, reply: str, *, composed: bool = False
+              ) -> tuple[str | None, str | None]:
+        """The usable new prompt in a reply, or why it cannot be used (and counts it). A
+        `composed` reply is the package's own text (`shorten_instruction`): only the
+        variable and duplicate checks apply (the reply form's "<the arithmetic>" is not
+        the editor speaking to the user)."""
         template, status = heal_template(self.proposal(job, reply), self.required,
                                          append_missing=self.ctx.repair_missing_variables)
         if template is None:
             return self._rejected(job, status)
-        if (why := self.rejection(job, template)) is not None:
+        if not composed and (why := self.rejection(job, template)) is not None:
             return self._rejected(job, why)
         if not self.new(template):
             if template == self.state["candidates"][job[0]]["template"]:

@@ -186,15 +186,24 @@ replay at `f84432f`). On mmlu the first ``shorten`` child passed its screen and 
 grew from it (28 -> 48/100, `a411ac2`)."""
 
 SHORTEN_CALCULATION = (
-    "Show only the calculation in one or two lines, then end your reply with the final "
-    "answer ({form}).")
-"""`SHORTEN_INSTRUCTION` for a batch whose expected answers are numbers. Asked for "brief
-working", the 1.5B model drops its working: on svamp `SHORTEN_INSTRUCTION` cut the
-replies to 9-10 tokens and scored 0.44 on test against the start prompt's 0.61
-(`bb0654f`), 0.475 against 0.70 on 40 rows outside the benchmark's splits; asked for
-only the calculation, it writes the equation ("167 - 89 = 78") and scored 0.775 there,
-in 57 output tokens instead of 172, with 2 replies cut off at the cap instead of 13
-(2026-12-03, exploratory)."""
+    "Reply in exactly this form, in plain text:\n"
+    "Reasoning: <one or two sentences saying which numbers to combine and how>\n"
+    "Calculation: <the arithmetic> = <result>\n"
+    "Answer: <the final number>")
+"""`SHORTEN_INSTRUCTION` for a batch whose expected answers are numbers: a reply form
+with labelled lines, put under the parent after a blank line. Asked for "brief working"
+the 1.5B model drops its working (svamp: 0.44 against the start prompt's 0.61 on test,
+`bb0654f`), and asked for "only the calculation in one or two lines" (the sentence
+before this form) it scored 0.65 against the start prompt's 0.69 on 80 svamp rows
+outside every split (2026-12-06). The form keeps a sentence of reasoning and drops the
+plan, the restatement and the LaTeX that made a third of the replies stop at the
+200-token cap: on those 80 rows **0.74** (63 output tokens per reply, none cut off;
+the calculation sentence 0.65 in 75, the start prompt 0.69 in 166), and on 80 other
+rows 0.70 against 0.64 (67 against 171 tokens; 1 cut off against 29). Exploratory,
+2026-12-07, `benchmarks/results/probes/svamp__s0__explore-*__2026-12-07.json`. The same
+form for option letters ("Reasoning: ... Answer: <a single option letter>") scored 0.46
+on 80 mmlu rows, level with `SHORTEN_INSTRUCTION`'s 0.47 (the start prompt 0.35), so
+other answers keep that sentence."""
 
 DEMO_HEADER = "Here is an example of a good reply."
 """The line a ``demo`` child (``demo_edits``) puts above the example it shows: its

@@ -342,18 +342,34 @@ def test_when_most_failed_replies_were_cut_off_the_added_instruction_asks_for_br
     assert out["counters"]["composed_edits"] == 1
 
 
-def test_for_number_answers_the_shorten_instruction_asks_for_only_the_calculation() -> None:
+def test_for_number_answers_the_shorten_child_asks_for_a_reply_form() -> None:
     """Asked for brief working, the 1.5B model drops its working (svamp: 0.44 vs 0.61 on
-    test); asked for only the calculation it keeps the equation."""
+    test); given a form with a line of reasoning, a calculation and the answer it keeps
+    the reasoning and finishes inside the cap. The form goes under the parent after a
+    blank line, and its "<the arithmetic>" is not taken for the editor talking to the
+    user (that guard rejects "<the expected answer>" in an editor's reply)."""
     state = cut_off_state()
     for k, ex in enumerate(state["train"]):
         ex["outputs"] = {"answer": str(10 + k)}
     model = scripted()
     out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1, evaluators=WORKED)), {})
     assert [c["template"] for c in out["candidates"].values()] == [
-        "Q: {question}\nShow only the calculation in one or two lines, then end your reply "
-        "with the final answer (a number)."]
+        "Q: {question}\n\nReply in exactly this form, in plain text:\n"
+        "Reasoning: <one or two sentences saying which numbers to combine and how>\n"
+        "Calculation: <the arithmetic> = <result>\nAnswer: <the final number>"]
     assert edits_of(model) == [] and out["counters"]["composed_edits"] == 1
+    assert "rejected_candidates" not in out["counters"]
+
+
+def test_an_editor_reply_with_the_same_angle_brackets_is_still_rejected() -> None:
+    """Only the package's composed text skips the guard: an editor that writes
+    "<the expected answer>" into an added instruction is re-asked."""
+    model = scripted(edit=lambda text: "<instruction>End with <the expected answer>."
+                                       "</instruction>")
+    out = edit(failing_state(), FakeRuntime(context(model, candidates_per_prompt=1,
+                                                    retry_unusable_edits=False)), {})
+    assert out["candidates"] == {}
+    assert out["counters"]["rejected_candidates"] == 1
 
 
 def test_a_parent_whose_shorten_child_was_tried_gets_an_instruction_from_the_summary(
