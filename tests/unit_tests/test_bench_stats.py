@@ -239,3 +239,14 @@ def test_a_label_task_run_is_compared_with_its_best_constant_reply(
     assert run.constant_reply(right)[1]["diff"] == pytest.approx(0.3)
     # a metric that does not score a label has no constant to beat
     assert run.constant_reply({**always_no, "task": "svamp"}) is None
+
+
+def test_mcnemar_power_grows_with_the_rows_and_is_small_without_a_lift() -> None:
+    """No lift: a significant win comes only from chance (at most alpha / 2 one-sided);
+    a lift of +0.06 with a quarter of the rows differing is seldom seen on 100 rows and
+    mostly on 400 (the simulation of 2026-12-07 gave 0.17 and 0.63)."""
+    assert stats.mcnemar_power(100, 0.12, 0.12) <= 0.025
+    small, large = stats.mcnemar_power(100, 0.15, 0.09), stats.mcnemar_power(400, 0.15, 0.09)
+    assert 0.12 < small < 0.22 and 0.55 < large < 0.72
+    assert stats.mcnemar_power(400, 0.20, 0.04) > 0.99
+    assert stats.mcnemar_power(0, 0.2, 0.1) == 0.0 and stats.mcnemar_power(50, 0.0, 0.0) == 0.0
