@@ -345,16 +345,38 @@ def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], l
         reason = "train_solved"
     events += [{"event": "scored", "iteration": it, "candidate": cid,
                 "score": scored[cid]["scores"][str(it)]} for cid in beam]
+    update: dict[str, Any] = {"candidates": {**screened, **scored}, **narrowed}
     if reason is None and (n := affordable(probe, ctx, kept)) < len(kept):
         # the budget left pays for an iteration from the best `n` only: go on with them
-        # (the others still compete in the final validation if they rank there)
+        # (the others rest on the bench and still compete for the final validation)
         events.append({"event": "beam_cut", "iteration": it, "kept": n,
                        "why": "the budget left pays for one more iteration from these"})
+        update["benched"] = [*state.get("benched", []), *kept[n:]]
         kept = kept[:n]
-    update: dict[str, Any] = {"candidates": {**screened, **scored}, "beam": kept, **narrowed}
     if reason:
         update["stop_reason"] = reason
+        kept = with_benched(probe, ctx, kept)
+    update["beam"] = kept
     return update, events
+
+
+def with_benched(state: GradSumState, ctx: GradSumContext, kept: list[str]) -> list[str]:
+    """The beam to validate at a stop: `kept` and the members a budget cut benched, the
+    best `beam_width` by pooled score (`pooled_ranking`; without it, `kept`).
+
+    A benched member has no score on the later batches, so the last ranking never saw
+    it: on svamp (`ef4e780`, seed 0) the reply-form child, 0.75, 0.5 and 0.75 on three
+    batches (the start prompt the same), was benched when the budget paid for one more
+    iteration from one parent, and a child of the start prompt with one batch at 0.5
+    was validated in its place (seed 1 of `bcedf83` lost its calculation child alike).
+    Ties keep `kept`'s order first."""
+    benched = [cid for cid in state.get("benched", []) if cid not in kept]
+    if not benched or not ctx.pooled_ranking:
+        return kept
+    pool = [*kept, *benched]
+    shrunk = shrunk_scores([state["candidates"][cid] for cid in pool], ctx.pooled_prior)
+    ranked = sorted(pool, key=lambda cid: -shrunk[cid])  # stable: `kept` first at a tie
+    return fit_finalists(state, ranked[: ctx.beam_width])
 
 
 def _judge_screens(state: GradSumState, ctx: GradSumContext
@@ -433,7 +455,7 @@ def beam_on_stop(state: GradSumState, ctx: GradSumContext) -> list[str]:
         last = select_beam({**state, "iteration": state["iteration"] - 1}, ctx.beam_width,
                            pooled=ctx.pooled_ranking, prior=ctx.pooled_prior)
         kept += [cid for cid in last if cid not in kept][: ctx.beam_width - len(kept)]
-    kept = fit_finalists(state, kept)
+    kept = with_benched(state, ctx, fit_finalists(state, kept))
     return kept or [cid for cid in state.get("beam", []) if cid == "c0"]
 
 

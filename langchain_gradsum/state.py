@@ -244,6 +244,9 @@ class GradSumState(TypedDict, total=False):
     """Every candidate ever written, by id: the full history and lineage."""
     beam: list[str]
     """Ids of the candidates alive in the search (parents plus new children)."""
+    benched: list[str]
+    """Beam members the budget took out of the search (``beam_cut``): they get no more
+    children or batches, but compete for the final validation on their pooled scores."""
     records: Annotated[dict[str, Record], merge_dicts]
     """Outputs and scores by `record_key`, so nothing is generated twice."""
     usage: Annotated[dict[str, RoleUsage], add_usage]

@@ -437,3 +437,50 @@ def test_a_partly_scored_iteration_fills_the_beam_from_the_last_ranking() -> Non
 def test_calls_needed_for_one_iteration(settings: dict, n_train: int, n_val: int,
                                         expected: int) -> None:
     assert calls_needed_for_one_iteration(n_train, n_val, ctx(**settings)) == expected
+
+
+# --- the bench: members a budget cut took out of the search ----------------------------
+
+
+def svamp_benched_state() -> dict[str, Any]:
+    """svamp seed 0, ef4e780: c1 (the reply form) tied the start prompt on three batches,
+    was benched when the budget paid for one more iteration from one parent, and c10,
+    a child of the start prompt with one batch at 0.5, took its place at the stop."""
+    cands = [cand("c0", 0, {0: 0.75, 1: 0.75, 2: 0.5, 3: 0.75}),
+             cand("c1", 1, {1: 0.75, 2: 0.5, 3: 0.75}), cand("c10", 4, {}), cand("c11", 4, {})]
+    records = {f"{c}|train|{i}": {"output": "7", "score": float(i < n)}
+               for c, n in (("c0", 4), ("c10", 2)) for i in range(4)}
+    return state_of(cands, iteration=4, beam=["c0", "c10"], benched=["c1"],
+                    records=records, batch=[0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_at_the_stop_a_benched_member_competes_for_the_final_validation(pooled: bool) -> None:
+    update, _ = advance(svamp_benched_state(),
+                        ctx(beam_width=2, max_iterations=4, pooled_ranking=pooled))
+    assert update["stop_reason"] == "max_iterations"
+    # pooled (shrunk by one batch): c0 0.73, c1 0.66, c10 0.57; the paper's way ranks
+    # the last batch only, where c1 has no score
+    assert update["beam"] == (["c0", "c1"] if pooled else ["c0", "c10"])
+
+
+def test_a_stop_cutting_an_iteration_short_validates_the_benched_member_too() -> None:
+    state = svamp_benched_state()
+    state["candidates"]["c10"]["scores"] = {"4": 0.5}
+    state["iteration"] = 4
+    assert beam_on_stop(state, ctx(beam_width=2)) == ["c0", "c1"]
+
+
+def test_a_budget_cut_benches_the_members_it_takes_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    import langchain_gradsum.beam as beam_mod
+
+    state = svamp_benched_state()
+    state.update(iteration=3, beam=["c0", "c1"], benched=[], batch=[0, 1, 2, 3],
+                 records={f"{c}|train|{i}": {"output": "7", "score": float(i < 3)}
+                          for c in ("c0", "c1") for i in range(4)})
+    for c in ("c0", "c1"):
+        state["candidates"][c]["scores"].pop("3")
+    monkeypatch.setattr(beam_mod, "affordable", lambda s, c, kept: 1)
+    update, events = advance(state, ctx(beam_width=2, max_iterations=10))
+    assert update["beam"] == ["c0"] and update["benched"] == ["c1"]
+    assert [e["kept"] for e in events if e["event"] == "beam_cut"] == [1]
