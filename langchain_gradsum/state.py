@@ -374,8 +374,9 @@ class GradSumContext:
         "(on validation).")})
     pooled_ranking: bool = field(default=True, metadata={"description": (
         "Rank the beam by each candidate's mean score over every minibatch it was scored "
-        "on, not the latest one alone (a 4-row batch is mostly noise); False: the latest "
-        "batch, the paper's way.")})
+        "on, not the latest one alone (a 4-row batch is mostly noise), and let members a "
+        "budget cut took out compete for the final validation on that mean; False: the "
+        "latest batch, the paper's way.")})
     pooled_prior: Annotated[float, Interval(ge=0)] = field(default=1.0, metadata={
         "description": (
             "Each pooled mean (`pooled_ranking`) counts this many more minibatches at the "
