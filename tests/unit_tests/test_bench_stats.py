@@ -250,3 +250,22 @@ def test_mcnemar_power_grows_with_the_rows_and_is_small_without_a_lift() -> None
     assert 0.12 < small < 0.22 and 0.55 < large < 0.72
     assert stats.mcnemar_power(400, 0.20, 0.04) > 0.99
     assert stats.mcnemar_power(0, 0.2, 0.1) == 0.0 and stats.mcnemar_power(50, 0.0, 0.0) == 0.0
+
+
+def test_subsets_pair_a_run_with_the_start_prompt_on_each_part_of_its_test_split(
+        tmp_path: Path) -> None:
+    subsets = _load("bench_subsets", "subsets.py")
+    initial = {"test_rows": [{"row": r, "score": 1.0 if r < 5 else 0.0} for r in range(10)]}
+    run_ = {"test_rows": [{"row": r, "score": 1.0 if r >= 3 else 0.0} for r in range(10)]}
+    probe = tmp_path / "svamp__s0__explore-x__2026-12-07.json"
+    probe.write_text(json.dumps({"explore": {"rows": [7, 8, 9, 42]}}))
+    (tmp_path / "svamp__s1__explore__2026-12-07.json").write_text(
+        json.dumps({"explore": {"rows": [0]}}))  # another seed: not counted
+    probed = subsets.probed_rows("svamp", 0, tmp_path)
+    assert probed == {7, 8, 9, 42}
+    parts = subsets.subsets(run_, initial, probed, first=4)
+    assert parts["first 4"]["n"] == 4 and parts["first 4"]["score"] == 0.25
+    assert (parts["all"]["only_run"], parts["all"]["only_ref"]) == (5, 3)
+    outside = parts["outside probes"]
+    assert outside["n"] == 7 and (outside["only_run"], outside["only_ref"]) == (2, 3)
+    assert outside["initial"] == 5 / 7
