@@ -203,7 +203,9 @@ rows 0.70 against 0.64 (67 against 171 tokens; 1 cut off against 29). Explorator
 2026-12-07, `benchmarks/results/probes/svamp__s0__explore-*__2026-12-07.json`. The same
 form for option letters ("Reasoning: ... Answer: <a single option letter>") scored 0.46
 on 80 mmlu rows, level with `SHORTEN_INSTRUCTION`'s 0.47 (the start prompt 0.35), so
-other answers keep that sentence."""
+other answers keep that sentence. Picked by the search on svamp (`2056f51`, seed 0) it
+scored 272 of 400 test rows against the start prompt's 264 (p = 0.48) in 66 output
+tokens per reply instead of 168: the same accuracy for 40 % of the tokens."""
 
 DEMO_HEADER = "Here is an example of a good reply."
 """The line a ``demo`` child (``demo_edits``) puts above the example it shows: its
