@@ -878,7 +878,8 @@ def plot(tasks: list[str] | None = None, results_dir: Path = RESULTS,
                 seeds.index(run_seed(r)) % len(markers)], color=colors.get(
                 r["optimizer"], "k"), capsize=3, label=label)
         ax.set_xlabel("optimization LLM calls spent")
-        ax.set_ylabel(f"test score (n={mine[0]['test_n']}), bootstrap 95% CI")
+        sizes = "/".join(str(n) for n in sorted({r["test_n"] for r in mine}))
+        ax.set_ylabel(f"test score (n={sizes}), bootstrap 95% CI")
         ax.set_title(f"{task} (seeds {', '.join(map(str, seeds))}; marker = seed)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
