@@ -27,8 +27,8 @@ from langchain_gradsum.state import (
 )
 
 __all__ = ["advance", "affordable", "beam_on_stop", "calls_needed_for_one_iteration",
-           "current_batch", "failed_rows", "final_reserve", "finalists", "fit_finalists",
-           "iteration_cost", "narrowed_finalists", "pooled_score", "route",
+           "current_batch", "failed_rows", "field_score", "final_reserve", "finalists",
+           "fit_finalists", "iteration_cost", "narrowed_finalists", "pooled_score", "route",
            "rows_to_score", "select_beam", "shrunk_scores", "stop_reason"]
 
 
@@ -49,7 +49,8 @@ def select_beam(state: GradSumState, beam_width: int, *,
     key = str(state["iteration"])
     cands = state["candidates"]
     scored = [cid for cid in state["beam"] if key in cands[cid]["scores"]]
-    shrunk = shrunk_scores([cands[cid] for cid in scored], prior) if pooled else {}
+    shrunk = shrunk_scores([cands[cid] for cid in scored], prior,
+                           field_score(cands)) if pooled else {}
     def rank(cid: str) -> tuple[float, float, float, int, int]:
         shaped = form_rate(state, cid, form_rows) if form_rows else None
         tokens = output_tokens(state, cid, short_rows) if short_rows else None
@@ -70,9 +71,10 @@ def pooled_score(cand: Candidate) -> float:
     return round(sum(scores) / len(scores), 9) if scores else 0.0
 
 
-def shrunk_scores(cands: Sequence[Candidate], prior: float) -> dict[str, float]:
-    """Each candidate's pooled score with `prior` extra minibatches at the mean pooled
-    score of `cands` (0: the plain mean), by id.
+def shrunk_scores(cands: Sequence[Candidate], prior: float,
+                  field: float | None = None) -> dict[str, float]:
+    """Each candidate's pooled score with `prior` extra minibatches at `field` (by
+    default the mean pooled score of `cands`; 0 `prior`: the plain mean), by id.
 
     The plain mean ranks one lucky batch level with the same score over several: on
     svamp (seed 1, `bcedf83`) a child at 0.75 on its one batch displaced the calculation
@@ -82,9 +84,24 @@ def shrunk_scores(cands: Sequence[Candidate], prior: float) -> dict[str, float]:
     pooled = {c["id"]: pooled_score(c) for c in cands}
     if not prior or not pooled:
         return pooled
-    field = sum(pooled.values()) / len(pooled)
+    if field is None:
+        field = sum(pooled.values()) / len(pooled)
     return {c["id"]: round((sum(c["scores"].values()) + prior * field)
                            / (len(c["scores"]) + prior), 9) for c in cands}
+
+
+def field_score(candidates: Mapping[str, Candidate]) -> float | None:
+    """The mean pooled score of every candidate scored so far: what `shrunk_scores`
+    shrinks towards when it ranks the beam.
+
+    Not the mean of the candidates being ranked: once a budget cut leaves one parent,
+    the beam is that parent and its children, often level, and shrinking towards their
+    own mean moves nothing. On svamp (`f552244`, `gradsum_demos`, seed 0) c7 scored 0.75
+    on each of four batches, its child c9 0.75 on its one; level, the child went ahead
+    on fewer output tokens and took the one finalist place beside the start prompt, and
+    c7 was never validated. Shrunk by one batch towards the run's 0.58, they rank 0.72 and 0.66."""
+    pooled = [pooled_score(c) for c in candidates.values() if c["scores"]]
+    return sum(pooled) / len(pooled) if pooled else None
 
 
 def form_rate(state: GradSumState, cid: str, rows: Sequence[int]) -> float | None:
@@ -374,7 +391,8 @@ def with_benched(state: GradSumState, ctx: GradSumContext, kept: list[str]) -> l
     if not benched or not ctx.pooled_ranking:
         return kept
     pool = [*kept, *benched]
-    shrunk = shrunk_scores([state["candidates"][cid] for cid in pool], ctx.pooled_prior)
+    shrunk = shrunk_scores([state["candidates"][cid] for cid in pool], ctx.pooled_prior,
+                           field_score(state["candidates"]))
     ranked = sorted(pool, key=lambda cid: -shrunk[cid])  # stable: `kept` first at a tie
     return fit_finalists(state, ranked[: ctx.beam_width])
 

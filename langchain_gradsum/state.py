@@ -380,8 +380,8 @@ class GradSumContext:
     pooled_prior: Annotated[float, Interval(ge=0)] = field(default=1.0, metadata={
         "description": (
             "Each pooled mean (`pooled_ranking`) counts this many more minibatches at the "
-            "mean of the candidates ranked, so one lucky batch does not outrank the same "
-            "score over several; 0: the plain mean.")})
+            "mean of every candidate scored so far, so one lucky batch does not outrank the "
+            "same score over several; 0: the plain mean.")})
     form_progress: bool = field(default=True, metadata={"description": (
         "At equal score, rank higher the prompt whose replies take the expected answers' form "
         "(an option label, yes/no, a number) on more rows: in screens and the beam.")})

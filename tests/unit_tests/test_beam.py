@@ -16,6 +16,7 @@ from langchain_gradsum.beam import (
     affordable,
     beam_on_stop,
     calls_needed_for_one_iteration,
+    field_score,
     final_reserve,
     fit_finalists,
     iteration_cost,
@@ -111,6 +112,35 @@ def test_pooled_prior_ranks_a_score_held_over_several_batches_above_one_lucky_ba
         st = {**scored, "records": records, "batch": [0, 1, 2, 3]}
         update, _ = advance(st, ctx(beam_width=1, pooled_prior=prior, max_iterations=10))
         assert update["beam"] == [first]
+
+
+def test_shrinking_is_towards_the_whole_run_so_a_family_level_on_one_batch_still_ranks(
+) -> None:
+    """svamp seed 0, f552244 (`gradsum_demos`): after a budget cut the beam was c7 (0.75
+    on each of four batches) and its child c9 (0.75 on its one); shrunk towards their
+    own mean nothing moved, c9 went ahead on fewer output tokens and took the one
+    finalist place beside the start prompt, and c7 was never validated."""
+    run = [cand("c0", 0, {0: 0.5, 1: 0.75, 2: 0.5, 3: 0.75}),
+           cand("c1", 1, {1: 0.75, 2: 0.25, 3: 1.0}), cand("c2", 1, {1: 0.5}),
+           cand("c4", 2, {2: 0.25}), cand("c5", 2, {2: 0.5}),
+           cand("c7", 3, {3: 0.75, 4: 0.75, 5: 0.75}), cand("c9", 6, {})]
+    records = {f"{c}|train|{i}": {"output": "7", "score": float(i < 3),
+                                  "output_tokens": 40 if c == "c9" else 60}
+               for c in ("c7", "c9") for i in range(4)}
+    state = state_of(run, iteration=6, beam=["c7", "c9"], records=records,
+                     batch=[0, 1, 2, 3], finalists_cap=2)
+    update, _ = advance(state, ctx(beam_width=2, max_iterations=6))
+    assert update["stop_reason"] == "max_iterations"
+    assert update["beam"] == ["c7"]  # with c0, the two finalists
+    scored = state_of([*run[:5], cand("c7", 3, {3: 0.75, 4: 0.75, 5: 0.75, 6: 0.75}),
+                       cand("c9", 6, {6: 0.75})], iteration=6, beam=["c7", "c9"])
+    shrunk = shrunk_scores([scored["candidates"][c] for c in ("c7", "c9")], 1.0,
+                           field_score(scored["candidates"]))
+    assert shrunk["c7"] == pytest.approx(0.7155, abs=1e-4)
+    assert shrunk["c9"] == pytest.approx(0.6637, abs=1e-4)
+    # towards the two's own mean (0.75) they stay level: c9's shorter replies won the tie
+    assert shrunk_scores([scored["candidates"][c] for c in ("c7", "c9")], 1.0) == {
+        "c7": 0.75, "c9": 0.75}
 
 
 def test_select_beam_ignores_candidates_outside_the_beam() -> None:
