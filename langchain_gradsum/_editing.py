@@ -25,7 +25,13 @@ from langchain_gradsum._templates import (
     template_variables,
 )
 from langchain_gradsum.evaluators import exact_match
-from langchain_gradsum.feedback import answer_form, edit_history, evidence, show_inputs
+from langchain_gradsum.feedback import (
+    answer_form,
+    answer_shape,
+    edit_history,
+    evidence,
+    show_inputs,
+)
 from langchain_gradsum.state import (
     FULL_MARKS,
     Candidate,
@@ -276,6 +282,15 @@ class EditGuard:
         return [show_inputs(self.state["train"][i])
                 for i in rows[: self.ctx.max_gradients_per_prompt]]
 
+    def critiqued_answers(self, cid: str) -> list[str]:
+        """The expected answers of the rows `cid` was critiqued on (the critiques, and so
+        the summary the editor reads, name them)."""
+        rows = beam_mod.failed_rows(self.state.get("records", {}), cid,
+                                    beam_mod.current_batch(self.state, self.ctx))
+        return [str(a) for i in rows[: self.ctx.max_gradients_per_prompt]
+                if (a := (self.state["train"][i].get("outputs") or {}).get("answer"))
+                is not None]
+
     def proposal(self, job: EditJob, reply: str) -> str:
         """The new prompt text a reply proposes (an added instruction is appended)."""
         if job[3] not in ADDED:
@@ -347,6 +362,12 @@ class EditGuard:
             # instruction overfit it (the 1.5B editor does this)
             return ("rejected: mentions the details of an example it was shown; write "
                     "instructions that hold for every input")
+        if (answer := pasted_answer(template, self.critiqued_answers(cid), known=original
+                                    + "\n" + self.ctx.task_description)) is not None:
+            # "Ensure the reply ends with the final number, which is 12 in this case."
+            # (svamp, f552244): one example's answer, wrong for every other input
+            return (f"rejected: states {answer!r}, the expected answer of an example it was "
+                    "shown; write instructions that hold for every input")
         shown = batch_evidence(state, self.ctx, cid)
         if copied_example(template, [shown], original=original) is not None or \
                 pasted_length(template, [shown, str(job[2]), *self._comments(cid)],
@@ -366,6 +387,28 @@ class EditGuard:
         records = self.state.get("records", {})
         return [str(records.get(record_key(cid, "train", i), {}).get("feedback") or "")
                 for i in beam_mod.current_batch(self.state, self.ctx)]
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def pasted_answer(template: str, answers: Sequence[str], known: str) -> str | None:
+    """The first of `answers` that `template` states and `known` (the prompts before
+    the edit, the task description) does not, or ``None``. Only answers that cannot be
+    part of an instruction about the form count: numbers of two or more digits and
+    phrases of four or more characters that are not a label (an option letter, yes/no,
+    true/false); "in at most 3 lines" or "reply with yes or no" is not a pasted answer."""
+    for answer in answers:
+        text = answer.strip()
+        if _NUMBER.fullmatch(text):
+            if sum(ch.isdigit() for ch in text) < 2:
+                continue
+        elif len(text) < 4 or not answer_shape([text]).startswith("short phrases"):
+            continue
+        pattern = re.compile(rf"(?<![\w.,]){re.escape(text)}(?![\w]|[.,]\d)", re.I)
+        if pattern.search(template) and not pattern.search(known):
+            return text
+    return None
 
 
 _LENGTH = re.compile(r"\b(\d+)\s+(?:words?|tokens?|characters?)\b", re.I)

@@ -237,6 +237,37 @@ def test_an_edit_naming_the_details_of_a_critiqued_example_is_rejected() -> None
     assert "mentions the details of an example" in edits_of(model)[-1]
 
 
+def test_an_edit_stating_the_answer_of_a_critiqued_example_is_rejected() -> None:
+    """svamp, f552244: "Ensure the reply ends with the final number, which is 12 in this
+    case." reached the final validation; 12 was one critiqued row's answer."""
+    rows = [{"inputs": {"question": f"How many {w} are left?"}, "outputs": {"answer": a}}
+            for w, a in (("pens", "12"), ("cakes", "5"), ("cups", "40"))]
+    replies = iter(["<instruction>Ensure the reply ends with the final number, which is 12 "
+                    "in this case.</instruction>",
+                    "<instruction>End your reply with the final number.</instruction>"])
+    model = scripted(edit=lambda text: next(replies))
+    out = edit(failing_state(train=rows), FakeRuntime(context(model, candidates_per_prompt=1)),
+               {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        "Q: {question}\nEnd your reply with the final number."]
+    assert "states '12', the expected answer of an example" in edits_of(model)[-1]
+
+
+def test_pasted_answer_is_a_shown_answer_no_instruction_about_the_form_would_state() -> None:
+    from langchain_gradsum._editing import pasted_answer
+    say = "Q: {question}\nAnswer in at most 3 lines; end with: Answer: 1,250."
+    assert pasted_answer(say, ["1250", "3"], known="") is None  # one digit; 1,250 is not 1250
+    assert pasted_answer(say, ["1,250"], known="") == "1,250"
+    assert pasted_answer(say, ["1,250"], known="Answer: 1,250") is None  # the user's own
+    assert pasted_answer("Q: {question}\nThe answer is 12.5 here.", ["12"], known="") is None
+    assert pasted_answer("{context}\nThe film was shot in Los Angeles.",
+                         ["Los Angeles"], known="") == "Los Angeles"
+    # labels are forms an instruction names: yes/no, true/false, option letters
+    for label in ("yes", "False", "(B)", "C"):
+        assert pasted_answer(f"{{question}}\nReply with {label} or another label.", [label],
+                             known="") is None
+
+
 def test_without_instruction_edits_every_child_is_a_rewrite() -> None:
     model = scripted()
     out = edit(failing_state(), FakeRuntime(context(model, candidates_per_prompt=2,
