@@ -294,6 +294,9 @@ class Ctx:
     extra: dict[str, Any] = field(default_factory=dict)
     test_idx: list[int] | None = None
     """Data line index of each test row (pairing and the cache key); positions if None."""
+    git: dict[str, Any] = field(default_factory=dict)
+    """`git_state()` when the run started: the code that ran (a commit made while it
+    runs does not change what this process imported)."""
 
 
 def _pool_map(fn: Callable[[Any], Any], items: list[Any], workers: int) -> list[Any]:
@@ -612,7 +615,7 @@ def run_one(ctx: Ctx, name: str) -> dict[str, Any]:
     return {
         "task": ctx.task.name, "optimizer": name,
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": a.model_label, "machine": machine(), "git": git_state(),
+        "model": a.model_label, "machine": machine(), "git": ctx.git or git_state(),
         "metric": ctx.task.metric.__name__,
         "seed": a.seed,
         "sizes": {k2: len(v) for k2, v in ctx.splits.items()},
@@ -1005,6 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
         print(time.strftime("%H:%M:%S ") + msg, flush=True)
 
     a.results_dir.mkdir(parents=True, exist_ok=True)
+    started = git_state()  # the package was imported with this checkout
     with model_server(a.base_url, a.n_threads) as url:
         meter = CallMeter(url)
         try:
@@ -1015,7 +1019,8 @@ def main(argv: list[str] | None = None) -> int:
                 splits = {k: [rows[i] for i in v] for k, v in cut.items()}
                 for opt in a.optimizers:
                     log(f"{tname} / {opt} / seed {a.seed}: start")
-                    res = run_one(Ctx(task, splits, meter, a, log, test_idx=cut["test"]), opt)
+                    res = run_one(Ctx(task, splits, meter, a, log, test_idx=cut["test"],
+                                      git=started), opt)
                     path = a.results_dir / result_name(tname, opt, a.seed, a.budget)
                     path.write_text(json.dumps(res, indent=2, ensure_ascii=False,
                                                default=str), encoding="utf-8")
