@@ -197,20 +197,27 @@ def test_an_instruction_the_prompt_already_has_is_a_duplicate_and_re_asked() -> 
     assert out["counters"]["duplicate_candidates"] == 1
 
 
-def test_an_edit_with_the_rare_words_of_a_critiqued_example_is_rejected() -> None:
-    """No 4 words in a row are copied ("children are on the bus" vs "children on the
-    bus"), but "children" and "bus" come from that one question, not from the task."""
-    rows = [{"inputs": {"question": "3 children are on the bus; 2 got off. How many now?"},
-             "outputs": {"answer": "1"}}, *qa_rows(5)]
-    replies = iter(["<instruction>End with the final count of children on the bus."
-                    "</instruction>",
+def rejected_then_fixed(rows: list[dict[str, Any]], instruction: str) -> str:
+    """Edits `failing_state(train=rows)` with an editor that first adds `instruction`,
+    then "End your reply with the final number."; checks that only the second became a
+    child and returns the retry message (it says why the first was rejected)."""
+    replies = iter([f"<instruction>{instruction}</instruction>",
                     "<instruction>End your reply with the final number.</instruction>"])
     model = scripted(edit=lambda text: next(replies))
     out = edit(failing_state(train=rows), FakeRuntime(context(model, candidates_per_prompt=1)),
                {})
     assert [c["template"] for c in out["candidates"].values()] == [
         "Q: {question}\nEnd your reply with the final number."]
-    assert "mentions the details of an example" in edits_of(model)[-1]
+    return edits_of(model)[-1]
+
+
+def test_an_edit_with_the_rare_words_of_a_critiqued_example_is_rejected() -> None:
+    """No 4 words in a row are copied ("children are on the bus" vs "children on the
+    bus"), but "children" and "bus" come from that one question, not from the task."""
+    rows = [{"inputs": {"question": "3 children are on the bus; 2 got off. How many now?"},
+             "outputs": {"answer": "1"}}, *qa_rows(5)]
+    why = rejected_then_fixed(rows, "End with the final count of children on the bus.")
+    assert "mentions the details of an example" in why
 
 
 def test_example_words_are_the_rare_words_a_seen_example_brings() -> None:
@@ -227,14 +234,8 @@ def test_example_words_are_the_rare_words_a_seen_example_brings() -> None:
 def test_an_edit_naming_the_details_of_a_critiqued_example_is_rejected() -> None:
     rows = [{"inputs": {"question": "3 children on the bus got off. How many are left?"},
              "outputs": {"answer": "7"}}, *qa_rows(2)]
-    replies = iter(["<instruction>End with the number of children on the bus.</instruction>",
-                    "<instruction>End your reply with the final number.</instruction>"])
-    model = scripted(edit=lambda text: next(replies))
-    state = failing_state(train=rows)
-    out = edit(state, FakeRuntime(context(model, candidates_per_prompt=1)), {})
-    assert [c["template"] for c in out["candidates"].values()] == [
-        "Q: {question}\nEnd your reply with the final number."]
-    assert "mentions the details of an example" in edits_of(model)[-1]
+    why = rejected_then_fixed(rows, "End with the number of children on the bus.")
+    assert "mentions the details of an example" in why
 
 
 def test_an_edit_stating_the_answer_of_a_critiqued_example_is_rejected() -> None:
@@ -242,15 +243,9 @@ def test_an_edit_stating_the_answer_of_a_critiqued_example_is_rejected() -> None
     case." reached the final validation; 12 was one critiqued row's answer."""
     rows = [{"inputs": {"question": f"How many {w} are left?"}, "outputs": {"answer": a}}
             for w, a in (("pens", "12"), ("cakes", "5"), ("cups", "40"))]
-    replies = iter(["<instruction>Ensure the reply ends with the final number, which is 12 "
-                    "in this case.</instruction>",
-                    "<instruction>End your reply with the final number.</instruction>"])
-    model = scripted(edit=lambda text: next(replies))
-    out = edit(failing_state(train=rows), FakeRuntime(context(model, candidates_per_prompt=1)),
-               {})
-    assert [c["template"] for c in out["candidates"].values()] == [
-        "Q: {question}\nEnd your reply with the final number."]
-    assert "states '12', the expected answer of an example" in edits_of(model)[-1]
+    why = rejected_then_fixed(
+        rows, "Ensure the reply ends with the final number, which is 12 in this case.")
+    assert "states '12', the expected answer of an example" in why
 
 
 def test_pasted_answer_is_a_shown_answer_no_instruction_about_the_form_would_state() -> None:
