@@ -371,7 +371,8 @@ class EditGuard:
         shown = batch_evidence(state, self.ctx, cid)
         if copied_example(template, [shown], original=original) is not None or \
                 pasted_length(template, [shown, str(job[2]), *self._comments(cid)],
-                              known=state["candidates"][cid]["template"]):
+                              known=state["candidates"][cid]["template"]) or \
+                pasted_verdict(template, known=original):
             # small editors paste the measurements in: they describe past outputs, they
             # are not instructions
             return ("rejected: copies the evaluation's measurements into the prompt; write "
@@ -387,6 +388,20 @@ class EditGuard:
         records = self.state.get("records", {})
         return [str(records.get(record_key(cid, "train", i), {}).get("feedback") or "")
                 for i in beam_mod.current_batch(self.state, self.ctx)]
+
+
+_VERDICT = re.compile(
+    r"\byet fails?\b|\b(?:its|their) form is the problem\b|\bfell short of full marks\b",
+    re.I)
+
+
+def pasted_verdict(template: str, known: str) -> bool:
+    """Whether `template` repeats a verdict of the evidence on past replies ("The reply
+    contains the expected answer, yet fails: its form is the problem, not its
+    content.", hellaswag, `38276ba`) that `known` (the prompts before the edit) does not
+    have. Reworded from plural to singular, it shares no run of words long enough for
+    `copied_example`; it describes replies the model never sees and instructs nothing."""
+    return any(m.group(0).lower() not in known.lower() for m in _VERDICT.finditer(template))
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -432,7 +447,8 @@ def pasted_length(template: str, shown: Sequence[str], known: str) -> bool:
 _MISADDRESSED = re.compile(
     r"\b(?:please )?provide (?:me with )?(?:the|a|an) "
     r"(?:(?!answer|solution|reply|response|result|calculation)[a-z]+ ){0,3}"
-    r"(?:passage|question|sentence|problem|text|input)s?\b(?! (?:is|are|as)\b)"
+    r"(?:passage|question|sentence|problem|text|input|context|choice|option)s?\b"
+    r"(?! (?:is|are|as)\b)"
     r"|\b(?:a |an )?(?:different|new|previous|another|better|improved) "
     r"(?:prompts?|versions? of the prompt)\b"
     r"|\b(?:the|this) (?:current |original )?prompt\b"

@@ -157,6 +157,7 @@ def test_an_edit_stating_a_measured_reply_length_is_rejected(instruction: str,
     "Use a different prompt that does not repeat any previous one.",  # svamp, 2026-12-03
     "The expected answer is <the expected answer>.",  # rag_nq_open, 2026-12-03
     "The current prompt does not specify this, which leads to wrong choices.",  # hellaswag
+    "Please provide the context and choices, and I will help you choose.",  # 38276ba
 ])
 def test_an_edit_that_speaks_to_the_user_or_about_prompts_is_rejected_and_re_asked(
         instruction: str) -> None:
@@ -169,6 +170,22 @@ def test_an_edit_that_speaks_to_the_user_or_about_prompts_is_rejected_and_re_ask
         f"{PROMPT}\nReply with only yes or no."]
     assert "speaks to the user or about prompts" in rt.events[0]["why"]
     assert "speaks to the user or about prompts" in edits_of(model)[-1]
+
+
+def test_an_edit_repeating_the_evidences_verdict_on_past_replies_is_rejected() -> None:
+    """hellaswag, 38276ba: the evidence said "1 of the 2 failed replies contain the
+    expected answer, yet fail: their form is the problem, not their content." and a
+    child ended "The reply contains the expected answer, yet fails: its form is the
+    problem, not its content."."""
+    from langchain_gradsum._editing import pasted_verdict
+    child = "{question}\nThe reply contains the answer, yet fails: its form is the problem."
+    assert pasted_verdict(child, known="{question}")
+    assert not pasted_verdict(child, known=child)  # the user's own words
+    assert not pasted_verdict("{question}\nName the option's letter; the form matters.",
+                              known="")
+    why = rejected_then_fixed(qa_rows(3, answer="7"),
+                              "End with the final number: the reply has the answer, yet fails.")
+    assert "copies the evaluation's measurements" in why
 
 
 def test_misaddressed_ignores_lines_the_parent_has_and_instructions_about_the_input() -> None:
