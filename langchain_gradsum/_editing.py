@@ -362,8 +362,9 @@ class EditGuard:
             # instruction overfit it (the 1.5B editor does this)
             return ("rejected: mentions the details of an example it was shown; write "
                     "instructions that hold for every input")
-        if (answer := pasted_answer(template, self.critiqued_answers(cid), known=original
-                                    + "\n" + self.ctx.task_description)) is not None:
+        if self.examples and (answer := pasted_answer(
+                template, self.critiqued_answers(cid),
+                known=original + "\n" + self.ctx.task_description)) is not None:
             # "Ensure the reply ends with the final number, which is 12 in this case."
             # (svamp, f552244): one example's answer, wrong for every other input
             return (f"rejected: states {answer!r}, the expected answer of an example it was "

@@ -99,7 +99,8 @@ def field_score(candidates: Mapping[str, Candidate]) -> float | None:
     own mean moves nothing. On svamp (`f552244`, `gradsum_demos`, seed 0) c7 scored 0.75
     on each of four batches, its child c9 0.75 on its one; level, the child went ahead
     on fewer output tokens and took the one finalist place beside the start prompt, and
-    c7 was never validated. Shrunk by one batch towards the run's 0.58, they rank 0.72 and 0.66."""
+    c7 was never validated. Shrunk by one batch towards the run's 0.58, they rank 0.72
+    and 0.66."""
     pooled = [pooled_score(c) for c in candidates.values() if c["scores"]]
     return sum(pooled) / len(pooled) if pooled else None
 

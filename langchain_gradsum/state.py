@@ -342,8 +342,9 @@ class GradSumContext:
     repair_missing_variables: bool = field(default=True, metadata={"description": (
         "Append a {variable} an edit lost, instead of rejecting the edit.")})
     reject_copied_examples: bool = field(default=True, metadata={"description": (
-        "Reject an edit that pastes in 8+ consecutive words of a train/val input "
-        "(it overfits and leaks data).")})
+        "Reject an edit that pastes in 8+ consecutive words of a train/val input, or the "
+        "rare words or the expected answer of a row it was critiqued on (it overfits and "
+        "leaks data).")})
     retry_unusable_edits: bool = field(default=True, metadata={"description": (
         "Re-ask the editor once, saying why, when its prompt was rejected or repeats an "
         "earlier one (the call comes out of the unused child's scoring budget).")})
