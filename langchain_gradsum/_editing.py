@@ -24,7 +24,7 @@ from langchain_gradsum._templates import (
     sentences,
     template_variables,
 )
-from langchain_gradsum.evaluators import exact_match
+from langchain_gradsum.evaluators import _NUMBER, exact_match
 from langchain_gradsum.feedback import (
     answer_form,
     answer_shape,
@@ -275,19 +275,20 @@ class EditGuard:
                                       mp.edit_shorten, mp.shorten_instruction,
                                       mp.shorten_calculation, *mp.edit_variants])
 
-    def critiqued(self, cid: str) -> list[str]:
-        """The inputs of the rows `cid` was critiqued on (the editor saw their details)."""
+    def critiqued_rows(self, cid: str) -> list[int]:
+        """The training rows `cid` was critiqued on: its first failed rows of the batch."""
         rows = beam_mod.failed_rows(self.state.get("records", {}), cid,
                                     beam_mod.current_batch(self.state, self.ctx))
-        return [show_inputs(self.state["train"][i])
-                for i in rows[: self.ctx.max_gradients_per_prompt]]
+        return rows[: self.ctx.max_gradients_per_prompt]
+
+    def critiqued(self, cid: str) -> list[str]:
+        """The inputs of the rows `cid` was critiqued on (the editor saw their details)."""
+        return [show_inputs(self.state["train"][i]) for i in self.critiqued_rows(cid)]
 
     def critiqued_answers(self, cid: str) -> list[str]:
         """The expected answers of the rows `cid` was critiqued on (the critiques, and so
         the summary the editor reads, name them)."""
-        rows = beam_mod.failed_rows(self.state.get("records", {}), cid,
-                                    beam_mod.current_batch(self.state, self.ctx))
-        return [str(a) for i in rows[: self.ctx.max_gradients_per_prompt]
+        return [str(a) for i in self.critiqued_rows(cid)
                 if (a := (self.state["train"][i].get("outputs") or {}).get("answer"))
                 is not None]
 
@@ -403,9 +404,6 @@ def pasted_verdict(template: str, known: str) -> bool:
     have. Reworded from plural to singular, it shares no run of words long enough for
     `copied_example`; it describes replies the model never sees and instructs nothing."""
     return any(m.group(0).lower() not in known.lower() for m in _VERDICT.finditer(template))
-
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def pasted_answer(template: str, answers: Sequence[str], known: str) -> str | None:
