@@ -26,20 +26,23 @@ from langchain_gradsum.state import (
     total_calls,
 )
 
-__all__ = ["advance", "affordable", "beam_on_stop", "calls_needed_for_one_iteration",
-           "current_batch", "failed_rows", "field_score", "final_reserve", "finalists",
-           "fit_finalists", "iteration_cost", "narrowed_finalists", "pooled_score", "route",
-           "rows_to_score", "select_beam", "shrunk_scores", "stop_reason"]
+__all__ = ["advance", "affordable", "batch_difficulty", "beam_on_stop",
+           "calls_needed_for_one_iteration", "current_batch", "failed_rows", "field_score",
+           "final_reserve", "finalists", "fit_finalists", "iteration_cost",
+           "narrowed_finalists", "pooled_score", "ranking", "route", "rows_to_score",
+           "select_beam", "shrunk_scores", "stop_reason"]
 
 
 def select_beam(state: GradSumState, beam_width: int, *,
                 form_rows: Sequence[int] | None = None,
                 short_rows: Sequence[int] | None = None,
-                pooled: bool = False, prior: float = 0.0) -> list[str]:
+                pooled: bool = False, prior: float = 0.0, by_batch: bool = False
+                ) -> list[str]:
     """The best `beam_width` of parents plus children that were scored on this
     iteration's minibatch: by that score, or with `pooled` by their mean score over
-    every minibatch they were scored on (this one included), shrunk towards the mean of
-    the candidates ranked by `prior` batches (:func:`shrunk_scores`).
+    every minibatch they were scored on (this one included), shrunk towards the run's
+    mean by `prior` batches and, with `by_batch`, corrected for each batch's difficulty
+    (:func:`shrunk_scores`).
 
     Candidates without a complete score are dropped. Ties go to the candidate whose
     replies take the expected answers' form on more of `form_rows` (if given), then to
@@ -49,8 +52,7 @@ def select_beam(state: GradSumState, beam_width: int, *,
     key = str(state["iteration"])
     cands = state["candidates"]
     scored = [cid for cid in state["beam"] if key in cands[cid]["scores"]]
-    shrunk = shrunk_scores([cands[cid] for cid in scored], prior,
-                           field_score(cands)) if pooled else {}
+    shrunk = shrunk_scores(cands, scored, prior, by_batch=by_batch) if pooled else {}
     def rank(cid: str) -> tuple[float, float, float, int, int]:
         shaped = form_rate(state, cid, form_rows) if form_rows else None
         tokens = output_tokens(state, cid, short_rows) if short_rows else None
@@ -59,6 +61,12 @@ def select_beam(state: GradSumState, beam_width: int, *,
 
     scored.sort(key=rank)
     return scored[:beam_width]
+
+
+def ranking(ctx: GradSumContext) -> dict[str, Any]:
+    """The ranking knobs of `ctx` as keyword arguments of :func:`select_beam`."""
+    return {"pooled": ctx.pooled_ranking, "prior": ctx.pooled_prior,
+            "by_batch": ctx.batch_difficulty}
 
 
 def pooled_score(cand: Candidate) -> float:
@@ -71,23 +79,58 @@ def pooled_score(cand: Candidate) -> float:
     return round(sum(scores) / len(scores), 9) if scores else 0.0
 
 
-def shrunk_scores(cands: Sequence[Candidate], prior: float,
-                  field: float | None = None) -> dict[str, float]:
-    """Each candidate's pooled score with `prior` extra minibatches at `field` (by
-    default the mean pooled score of `cands`; 0 `prior`: the plain mean), by id.
+def shrunk_scores(candidates: Mapping[str, Candidate], ids: Sequence[str], prior: float,
+                  *, by_batch: bool = False) -> dict[str, float]:
+    """The pooled score of each of `ids` that ranks the beam, by id: the mean over the
+    minibatches it was scored on, with `prior` extra minibatches at the run's mean
+    (:func:`field_score`; 0 `prior`: the plain mean).
 
     The plain mean ranks one lucky batch level with the same score over several: on
     svamp (seed 1, `bcedf83`) a child at 0.75 on its one batch displaced the calculation
     child at 0.75 on each of three (the start prompt 0.58 on the same batches), which
-    was never validated. Shrunk by one batch towards the field's 0.56, they rank 0.66
-    and 0.70; a new child with full marks on its batch (0.78) still goes ahead."""
-    pooled = {c["id"]: pooled_score(c) for c in cands}
-    if not prior or not pooled:
-        return pooled
-    if field is None:
-        field = sum(pooled.values()) / len(pooled)
-    return {c["id"]: round((sum(c["scores"].values()) + prior * field)
-                           / (len(c["scores"]) + prior), 9) for c in cands}
+    was never validated.
+
+    With `by_batch`, each score is first corrected for how hard its minibatch was: a fit
+    of score = run mean + candidate + batch over every candidate scored in the run
+    (:func:`batch_difficulty`), the candidate part shrunk by `prior` batches. Means over
+    different batches are not comparable: on svamp (seed 0, `8ef70e1`) a rewrite at 0.75
+    on its one batch took the last finalist place from its parent, 0.64 over seven, by
+    0.626 to 0.625, yet on that batch the parent had scored 1.0; the rewrite then scored
+    0.45 on validation to the start prompt's 0.65. Corrected, they rank 0.45 and 0.59.
+    """
+    scored = {cid: c["scores"] for cid, c in candidates.items() if c["scores"]}
+    field = field_score(candidates) or 0.0
+    hard = batch_difficulty(scored, field, prior) if by_batch else {}
+
+    def shrunk(scores: Mapping[str, float]) -> float:
+        return field + sum(s - field - hard.get(b, 0.0) for b, s in scores.items()) / (
+            len(scores) + prior) if scores else field
+
+    return {cid: round(shrunk(candidates[cid]["scores"]), 9) for cid in ids}
+
+
+def batch_difficulty(scores: Mapping[str, Mapping[str, float]], field: float, prior: float,
+                     *, rounds: int = 500) -> dict[str, float]:
+    """How much easier than the run's mean (`field`) each minibatch was, by batch key:
+    the batch part of a fit score = `field` + candidate + batch to `scores` (candidate ->
+    batch -> score), with each candidate part shrunk by `prior` batches (alternating
+    means, to a change below 1e-12 or `rounds`). A batch only one candidate was scored on
+    says nothing about its difficulty and stays at 0."""
+    obs = [(cid, b, s) for cid, by in scores.items() for b, s in by.items()]
+    size: dict[str, int] = {}
+    for _, b, _ in obs:
+        size[b] = size.get(b, 0) + 1
+    hard = dict.fromkeys(size, 0.0)
+    for _ in range(rounds):
+        own = {cid: sum(s - field - hard[b] for b, s in by.items()) / (len(by) + prior)
+               for cid, by in scores.items()}
+        new = {b: sum(s - field - own[cid] for cid, key, s in obs if key == b) / n
+               if n > 1 else 0.0 for b, n in size.items()}
+        change = max((abs(new[b] - hard[b]) for b in size), default=0.0)
+        hard = new
+        if change < 1e-12:
+            break
+    return hard
 
 
 def field_score(candidates: Mapping[str, Candidate]) -> float | None:
@@ -342,8 +385,7 @@ def advance(state: GradSumState, ctx: GradSumContext) -> tuple[dict[str, Any], l
     probe = {**probe, "candidates": {**cands, **scored}}
     kept = fit_finalists(probe, select_beam(
         probe, ctx.beam_width, form_rows=batch if ctx.form_progress else None,
-        short_rows=batch if ctx.prefer_short_outputs else None, pooled=ctx.pooled_ranking,
-        prior=ctx.pooled_prior))
+        short_rows=batch if ctx.prefer_short_outputs else None, **ranking(ctx)))
     narrowed: dict[str, Any] = {}
     if (cap := narrowed_finalists(probe, ctx, kept)) is not None:
         narrowed = {"finalists_cap": cap}
@@ -392,8 +434,8 @@ def with_benched(state: GradSumState, ctx: GradSumContext, kept: list[str]) -> l
     if not benched or not ctx.pooled_ranking:
         return kept
     pool = [*kept, *benched]
-    shrunk = shrunk_scores([state["candidates"][cid] for cid in pool], ctx.pooled_prior,
-                           field_score(state["candidates"]))
+    shrunk = shrunk_scores(state["candidates"], pool, ctx.pooled_prior,
+                           by_batch=ctx.batch_difficulty)
     ranked = sorted(pool, key=lambda cid: -shrunk[cid])  # stable: `kept` first at a tie
     return fit_finalists(state, ranked[: ctx.beam_width])
 
@@ -469,10 +511,10 @@ def beam_on_stop(state: GradSumState, ctx: GradSumContext) -> list[str]:
     The candidates ranked in this iteration, filled up from the last complete ranking,
     so the search's progress survives.
     """
-    kept = select_beam(state, ctx.beam_width, pooled=ctx.pooled_ranking, prior=ctx.pooled_prior)
+    kept = select_beam(state, ctx.beam_width, **ranking(ctx))
     if state.get("iteration", 0) > 0 and len(kept) < ctx.beam_width:
         last = select_beam({**state, "iteration": state["iteration"] - 1}, ctx.beam_width,
-                           pooled=ctx.pooled_ranking, prior=ctx.pooled_prior)
+                           **ranking(ctx))
         kept += [cid for cid in last if cid not in kept][: ctx.beam_width - len(kept)]
     kept = with_benched(state, ctx, fit_finalists(state, kept))
     return kept or [cid for cid in state.get("beam", []) if cid == "c0"]

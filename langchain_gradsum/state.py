@@ -383,6 +383,11 @@ class GradSumContext:
             "Each pooled mean (`pooled_ranking`) counts this many more minibatches at the "
             "mean of every candidate scored so far, so one lucky batch does not outrank the "
             "same score over several; 0: the plain mean.")})
+    batch_difficulty: bool = field(default=True, metadata={"description": (
+        "Pooled means (`pooled_ranking`) allow for how hard each minibatch was (a fit of "
+        "score = candidate + batch over every candidate scored in the run), so a child's "
+        "0.75 on a batch its parent solved ranks below the parent; False: plain means over "
+        "whatever batches each candidate was scored on.")})
     form_progress: bool = field(default=True, metadata={"description": (
         "At equal score, rank higher the prompt whose replies take the expected answers' form "
         "(an option label, yes/no, a number) on more rows: in screens and the beam.")})

@@ -78,9 +78,14 @@ def test_pooled_ranking_keeps_a_parent_a_single_bad_batch_would_drop() -> None:
     # the knob reaches the beam decisions
     batch_rows = {f"{c}|train|{i}": {"output": "x", "score": float(c != "c0" and i == 0)}
                   for c in ("c0", "c1", "c6") for i in range(4)}  # c0 0.0, c1 and c6 0.25
-    for pooled, beam in ((True, ["c0", "c1"]), (False, ["c1", "c6"])):
+    # corrected for batch difficulty (the default), c6 (level with c1 on batch 3, where
+    # c0 scored 0) leads and c0 stays, 0.75 above c1 on batch 1; validation had c0 0.60,
+    # c6 0.25, c1 0.10
+    for pooled, by_batch, beam in ((True, False, ["c0", "c1"]), (False, False, ["c1", "c6"]),
+                                   (True, True, ["c6", "c0"])):
         st = {**state, "records": batch_rows, "batch": [0, 1, 2, 3], "beam": ["c0", "c1", "c6"]}
-        update, _ = advance(st, ctx(beam_width=2, pooled_ranking=pooled, max_iterations=10))
+        update, _ = advance(st, ctx(beam_width=2, pooled_ranking=pooled, max_iterations=10,
+                                    batch_difficulty=by_batch))
         assert update["beam"] == beam
 
 
@@ -92,14 +97,18 @@ def test_pooled_prior_ranks_a_score_held_over_several_batches_above_one_lucky_ba
     cands = [cand("c0", 0, {0: 0.5, 1: 0.75, 2: 0.25, 3: 0.75}),
              cand("c1", 1, {1: 0.75, 2: 0.75, 3: 0.75}), cand("c3", 2, {3: 0.75}),
              cand("c4", 3, {3: 0.5}), cand("c5", 3, {3: 0.25})]
-    assert shrunk_scores(cands, 0.0)["c3"] == shrunk_scores(cands, 0.0)["c1"] == 0.75
-    shrunk = shrunk_scores(cands, 1.0)
-    assert shrunk["c1"] == pytest.approx(0.703125) and shrunk["c3"] == pytest.approx(0.65625)
     state = state_of(cands, iteration=3)
-    assert select_beam(state, 1, pooled=True, prior=1.0) == ["c1"]
-    assert select_beam(state, 2, pooled=True, prior=0.0)[1] in ("c1", "c3")
-    lucky = state_of([*cands, cand("c6", 3, {3: 1.0})], iteration=3)
-    assert select_beam(lucky, 2, pooled=True, prior=1.0) == ["c6", "c1"]
+    run, ids = state["candidates"], ["c1", "c3"]
+    assert shrunk_scores(run, ids, 0.0) == {"c1": 0.75, "c3": 0.75}
+    shrunk = shrunk_scores(run, ids, 1.0)
+    assert shrunk["c1"] == pytest.approx(0.703125) and shrunk["c3"] == pytest.approx(0.65625)
+    adjusted = shrunk_scores(run, ids, 1.0, by_batch=True)  # c1 0.5 above c0 on batch 2
+    assert adjusted["c1"] > adjusted["c3"] and adjusted["c1"] - adjusted["c3"] > 0.04
+    for by_batch in (False, True):
+        assert select_beam(state, 1, pooled=True, prior=1.0, by_batch=by_batch) == ["c1"]
+        assert select_beam(state, 2, pooled=True, prior=0.0)[1] in ("c1", "c3")
+        lucky = state_of([*cands, cand("c6", 3, {3: 1.0})], iteration=3)
+        assert select_beam(lucky, 2, pooled=True, prior=1.0, by_batch=by_batch) == ["c6", "c1"]
     # the knob reaches the beam decisions: the tie-break on output tokens favours c3
     right = {"c0": 3, "c1": 3, "c3": 3, "c4": 2, "c5": 1}  # of 4: the scores above
     records = {f"{c}|train|{i}": {"output": "7", "score": float(i < n),
@@ -110,8 +119,12 @@ def test_pooled_prior_ranks_a_score_held_over_several_batches_above_one_lucky_ba
                                                            if k != "3"}) for c in cands],
                           iteration=3)
         st = {**scored, "records": records, "batch": [0, 1, 2, 3]}
-        update, _ = advance(st, ctx(beam_width=1, pooled_prior=prior, max_iterations=10))
+        update, _ = advance(st, ctx(beam_width=1, pooled_prior=prior, max_iterations=10,
+                                    batch_difficulty=False))
         assert update["beam"] == [first]
+    # corrected for batch difficulty, c1 leads even on plain means (0.5 above c0 on batch 2)
+    update, _ = advance(st, ctx(beam_width=1, pooled_prior=0.0, max_iterations=10))
+    assert update["beam"] == ["c1"]
 
 
 def test_shrinking_is_towards_the_whole_run_so_a_family_level_on_one_batch_still_ranks(
@@ -134,13 +147,55 @@ def test_shrinking_is_towards_the_whole_run_so_a_family_level_on_one_batch_still
     assert update["beam"] == ["c7"]  # with c0, the two finalists
     scored = state_of([*run[:5], cand("c7", 3, {3: 0.75, 4: 0.75, 5: 0.75, 6: 0.75}),
                        cand("c9", 6, {6: 0.75})], iteration=6, beam=["c7", "c9"])
-    shrunk = shrunk_scores([scored["candidates"][c] for c in ("c7", "c9")], 1.0,
-                           field_score(scored["candidates"]))
+    shrunk = shrunk_scores(scored["candidates"], ["c7", "c9"], 1.0)
+    assert field_score(scored["candidates"]) == pytest.approx(0.5774, abs=1e-4)
     assert shrunk["c7"] == pytest.approx(0.7155, abs=1e-4)
     assert shrunk["c9"] == pytest.approx(0.6637, abs=1e-4)
+    adjusted = shrunk_scores(scored["candidates"], ["c7", "c9"], 1.0, by_batch=True)
+    assert adjusted["c7"] > adjusted["c9"]
     # towards the two's own mean (0.75) they stay level: c9's shorter replies won the tie
-    assert shrunk_scores([scored["candidates"][c] for c in ("c7", "c9")], 1.0) == {
-        "c7": 0.75, "c9": 0.75}
+    family = {c: scored["candidates"][c] for c in ("c7", "c9")}
+    assert shrunk_scores(family, ["c7", "c9"], 1.0) == {"c7": 0.75, "c9": 0.75}
+
+
+def rerun_8ef70e1() -> dict[str, Any]:
+    """svamp seed 0, 8ef70e1 (`results/runs-rerun`): at the stop one finalist place was
+    left beside the start prompt. c1 (the reply form) had 0.64 over seven batches; its
+    rewrite c8, benched, 0.75 on its one batch (3), where c1 scored 1.0."""
+    cands = [cand("c0", 0, {0: 0.5, 1: 0.5}),
+             cand("c1", 1, {1: 0.5, 2: 0.75, 3: 1.0, 4: 0.5, 5: 0.75, 6: 0.5}),
+             cand("c2", 1, {1: 0.5, 2: 0.25}), cand("c3", 2, {2: 0.5}),
+             cand("c5", 2, {2: 0.25}), cand("c6", 2, {2: 0.5}), cand("c8", 3, {3: 0.75}),
+             cand("c13", 7, {})]
+    records = {f"{c}|train|{i}": {"output": "7", "score": float(i < 2)}
+               for c in ("c1", "c13") for i in range(4)}  # both 0.5 on batch 7
+    return state_of(cands, iteration=7, beam=["c1", "c13"], benched=["c8"], records=records,
+                    batch=[0, 1, 2, 3], finalists_cap=2)
+
+
+@pytest.mark.parametrize("by_batch", [True, False])
+def test_a_rewrite_that_scored_below_its_parent_on_their_one_shared_batch_does_not_outrank_it(
+        by_batch: bool) -> None:
+    update, _ = advance(rerun_8ef70e1(),
+                        ctx(beam_width=2, max_iterations=7, batch_difficulty=by_batch))
+    assert update["stop_reason"] == "max_iterations"
+    # plain means: c8 0.626, c1 0.625 (c8 scored 0.45 on validation to c0's 0.65);
+    # corrected for batch 3 being easy, c8 ranks 0.45 and c1 0.59
+    assert update["beam"] == (["c1"] if by_batch else ["c8"])
+
+
+def test_batch_difficulty_is_what_the_candidates_scored_on_a_batch_beyond_their_own_level(
+) -> None:
+    from langchain_gradsum.beam import batch_difficulty
+
+    # a and b differ by 0.5 on every batch they share; batch 1 is 0.25 easier than batch 0
+    scores = {"a": {"0": 0.5, "1": 0.75}, "b": {"0": 0.0, "1": 0.25}, "c": {"2": 1.0}}
+    hard = batch_difficulty(scores, field=0.5, prior=0.0)
+    assert hard["1"] - hard["0"] == pytest.approx(0.25)
+    assert hard["2"] == 0.0  # one candidate says nothing about its batch
+    run = {cid: {**cand(cid, 1, {}), "scores": by} for cid, by in scores.items()}
+    fair = shrunk_scores(run, ["a", "b"], 0.0, by_batch=True)
+    assert fair["a"] - fair["b"] == pytest.approx(0.5)
 
 
 def test_select_beam_ignores_candidates_outside_the_beam() -> None:
