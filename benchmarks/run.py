@@ -846,6 +846,46 @@ def table(results_dir: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def pooled(runs: list[dict[str, Any]], task: str, ref_name: str, run_name: str
+           ) -> tuple[list[int], dict[str, Any]] | None:
+    """`run_name` against `ref_name` on `task` over every seed both ran at the default
+    budget: each seed's paired rows, concatenated (a data row in two seeds' test splits
+    counts once per seed). The seeds and the comparison; None without two seeds."""
+    seeds: list[int] = []
+    a: list[float] = []
+    b: list[float] = []
+    for ref in runs:
+        if ref["task"] != task or ref["optimizer"] != ref_name or (
+                ref_name not in ("initial", "initial_dspy")
+                and run_budget(ref) != DEFAULT_BUDGET):
+            continue
+        mine = [r for r in runs if r["task"] == task and r["optimizer"] == run_name
+                and run_seed(r) == run_seed(ref) and run_budget(r) == DEFAULT_BUDGET]
+        pair = paired_scores(ref, mine[0]) if mine else None
+        if pair:
+            seeds.append(run_seed(ref))
+            a += pair[0]
+            b += pair[1]
+    return (seeds, compare(a, b)) if len(seeds) > 1 else None
+
+
+def pooled_table(results_dir: Path = RESULTS) -> str:
+    """GRAD-SUM against the start prompt and each other optimizer, seeds pooled (only
+    where both ran on two seeds or more)."""
+    runs = load_runs(results_dir)
+    lines = ["| task | comparison | seeds | paired rows | diff [95% CI], McNemar p |",
+             "|---|---|---|---|---|"]
+    for task in sorted({r["task"] for r in runs}):
+        for other in [o for o in OPTIMIZERS if o != "gradsum"]:
+            ref, run = ("initial", "gradsum") if other == "initial" else ("gradsum", other)
+            got = pooled(runs, task, ref, run)
+            if got:
+                seeds, c = got
+                lines.append(f"| {task} | {run} vs {ref} | {', '.join(map(str, seeds))} | "
+                             f"{c['n']} | {_fmt_cmp(c)} |")
+    return "\n".join(lines)
+
+
 def plot(tasks: list[str] | None = None, results_dir: Path = RESULTS,
          out_dir: Path = PLOTS) -> list[Path]:
     """One PNG per task: test score against the optimization LLM calls spent, one point per
@@ -941,7 +981,9 @@ def rescore(tasks: list[str], results_dir: Path = RESULTS,
 
 def update_readme() -> None:
     text = README.read_text(encoding="utf-8")
-    block = (f"{TABLE_BEGIN}\n{table()}\n\n<details><summary>Final prompts / instructions"
+    block = (f"{TABLE_BEGIN}\n{table()}\n\nSeeds pooled (each seed's paired test rows, "
+             f"concatenated; a comparison appears once both ran on two seeds):\n\n"
+             f"{pooled_table()}\n\n<details><summary>Final prompts / instructions"
              f"</summary>\n\n{prompts_md()}\n</details>\n{TABLE_END}")
     if TABLE_BEGIN in text:
         head, rest = text.split(TABLE_BEGIN, 1)

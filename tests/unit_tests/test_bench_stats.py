@@ -226,6 +226,33 @@ def test_result_names_and_pairing(tmp_path: Path) -> None:
     assert "+0.15 [" in text and "p=6e-05" in text and "140 / 150" in text
 
 
+def test_seeds_pool_each_seeds_paired_rows_only_where_both_ran_two_seeds(tmp_path: Path
+                                                                          ) -> None:
+    # seed 0: gradsum wins 6 rows, loses 1; seed 1: wins 4, loses 0 (rows 100-109)
+    files = {
+        "svamp__initial__s0.json": _result("initial", [0] * 6 + [1] + [1] * 3),
+        "svamp__gradsum__s0.json": _result("gradsum", [1] * 6 + [0] + [1] * 3),
+        "svamp__initial__s1.json": _result("initial", [0] * 4 + [1] * 6, seed=1,
+                                           rows=list(range(100, 110))),
+        "svamp__gradsum__s1.json": _result("gradsum", [1] * 10, seed=1,
+                                           rows=list(range(100, 110))),
+        "svamp__gradsum__s1__b300.json": _result("gradsum", [0] * 10, seed=1, budget=300,
+                                                 rows=list(range(100, 110))),
+        "svamp__copro__s0.json": _result("copro", [0] * 10),  # one seed: not pooled
+    }
+    for name, r in files.items():
+        (tmp_path / name).write_text(json.dumps(r), encoding="utf-8")
+    runs = run.load_runs(tmp_path)
+    seeds, c = run.pooled(runs, "svamp", "initial", "gradsum")
+    assert seeds == [0, 1] and c["n"] == 20  # the 300-call run is not mixed in
+    assert (c["only_run"], c["only_ref"]) == (10, 1)
+    assert c["p_mcnemar"] == pytest.approx(2 * 12 / 2 ** 11)
+    assert run.pooled(runs, "svamp", "gradsum", "copro") is None
+    text = run.pooled_table(tmp_path)
+    assert "| svamp | gradsum vs initial | 0, 1 | 20 | +0.45 [" in text
+    assert "copro" not in text
+
+
 def test_a_label_task_run_is_compared_with_its_best_constant_reply(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # the bbh_sports winner that answers "no" everywhere scores exactly the share of "no"
