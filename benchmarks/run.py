@@ -27,6 +27,8 @@ returned the start prompt share one test phase (`--no-cache` to re-test).
 The table compares each run with the `initial` run and the `gradsum` run of the same task
 and seed on the same test rows: difference in mean score with a paired bootstrap 95%
 interval (10,000 seeded resamples) and McNemar's exact p-value (benchmarks/stats.py).
+Where GRAD-SUM and another optimizer (or the start prompt) both ran on two seeds or more,
+a second table pools them: each seed's paired rows, concatenated.
 Data: ../shared/data/<task>/data.jsonl (override with --data-dir); never copied here.
 """
 
