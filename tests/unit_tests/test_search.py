@@ -864,7 +864,8 @@ def test_the_result_compares_the_best_prompt_with_the_initial_row_by_row(
             f"{2 / 2 ** n_val:.2g})") in render_report(result.to_dict())
 
 
-def test_a_tie_picked_for_shorter_replies_is_compared_but_not_called_a_lift() -> None:
+def test_a_tie_picked_for_shorter_replies_is_compared_and_flagged_not_called_a_lift(
+) -> None:
     from langchain_gradsum.result import OptimizationResult
 
     c0, c1 = [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]  # 0.5 each, 2 rows won, 2 lost
@@ -875,7 +876,21 @@ def test_a_tie_picked_for_shorter_replies_is_compared_but_not_called_a_lift() ->
         {"prompt": PROMPT, "train": qa_rows(3), "val": qa_rows(4, "v"), "candidates": cands,
          "best_id": "c1", "stop_reason": "done", "records": records})
     assert result.comparison == {"rows": 4, "won": 2, "lost": 2, "p": 1.0}
-    assert result.warnings == []
+    # no lift to call noise; the warning says why the tie went to it (here no token counts)
+    assert result.warnings == [
+        "the best prompt scored what the initial prompt scored on 4 validation rows (2 "
+        "won, 2 lost) and was picked for its rank in the beam: it is not shown to be more "
+        "accurate; keep the initial prompt if accuracy is all that counts"]
+    shorter = {key: {**r, "output_tokens": 5 if key.startswith("c1") else 40}
+               for key, r in records.items()}
+    result = OptimizationResult.from_state(
+        {"prompt": PROMPT, "train": qa_rows(3), "val": qa_rows(4, "v"), "candidates": cands,
+         "best_id": "c1", "stop_reason": "done", "records": shorter})
+    assert result.warnings == [
+        "the best prompt scored what the initial prompt scored on 4 validation rows (2 "
+        "won, 2 lost) and was picked for its shorter replies (5 output tokens per reply "
+        "against 40): it is not shown to be more accurate; keep the initial prompt if "
+        "accuracy is all that counts"]
 
 
 def test_a_result_that_keeps_the_initial_prompt_has_no_comparison() -> None:
