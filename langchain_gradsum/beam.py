@@ -116,17 +116,17 @@ def batch_difficulty(scores: Mapping[str, Mapping[str, float]], field: float, pr
     batch -> score), with each candidate part shrunk by `prior` batches (alternating
     means, to a change below 1e-12 or `rounds`). A batch only one candidate was scored on
     says nothing about its difficulty and stays at 0."""
-    obs = [(cid, b, s) for cid, by in scores.items() for b, s in by.items()]
-    size: dict[str, int] = {}
-    for _, b, _ in obs:
-        size[b] = size.get(b, 0) + 1
-    hard = dict.fromkeys(size, 0.0)
+    batches: dict[str, list[tuple[str, float]]] = {}  # batch -> (candidate, score)
+    for cid, by in scores.items():
+        for b, s in by.items():
+            batches.setdefault(b, []).append((cid, s))
+    hard = dict.fromkeys(batches, 0.0)
     for _ in range(rounds):
         own = {cid: sum(s - field - hard[b] for b, s in by.items()) / (len(by) + prior)
                for cid, by in scores.items()}
-        new = {b: sum(s - field - own[cid] for cid, key, s in obs if key == b) / n
-               if n > 1 else 0.0 for b, n in size.items()}
-        change = max((abs(new[b] - hard[b]) for b in size), default=0.0)
+        new = {b: sum(s - field - own[cid] for cid, s in seen) / len(seen)
+               if len(seen) > 1 else 0.0 for b, seen in batches.items()}
+        change = max((abs(new[b] - hard[b]) for b in batches), default=0.0)
         hard = new
         if change < 1e-12:
             break

@@ -29,7 +29,7 @@ __all__ = ["OptimizationError", "OptimizationResult", "settings_as_json"]
 
 
 def tie_warning(records: Mapping[str, Any], best_id: str, split: str, n: int,
-                comparison: Mapping[str, Any]) -> str:
+                comparison: Mapping[str, Any], label: str) -> str:
     """The warning for a pick that scored what the initial prompt scored: it was taken
     for its shorter replies (or its place in the beam), not its accuracy. On hellaswag
     (seed 1, `3644d37`) such a pick tied the start prompt on 20 validation rows (0.30
@@ -38,10 +38,10 @@ def tie_warning(records: Mapping[str, Any], best_id: str, split: str, n: int,
     why = (f"its shorter replies ({mine:.0f} output tokens per reply against {theirs:.0f})"
            if mine is not None and theirs is not None and mine < theirs
            else "its rank in the beam")
-    return (f"the best prompt scored what the initial prompt scored on {n} "
-            f"{'validation' if split == 'val' else 'training'} rows ({comparison['won']} "
-            f"won, {comparison['lost']} lost) and was picked for {why}: it is not shown to "
-            "be more accurate; keep the initial prompt if accuracy is all that counts")
+    return (f"the best prompt scored what the initial prompt scored on {n} {label} rows "
+            f"({comparison['won']} won, {comparison['lost']} lost) and was picked for {why}: "
+            "it is not shown to be more accurate; keep the initial prompt if accuracy is all "
+            "that counts")
 
 
 @dataclass
@@ -152,10 +152,10 @@ class OptimizationResult:
                                 cut_off_replies(records, best_id, val)) if w] \
             if split == "val" else []
         comparison = None
+        label = "validation" if split == "val" else "training"
         if split in ("val", "train") and best_id != "c0":
             n = len(rows_of(state, split))  # type: ignore[arg-type]
             comparison = paired_comparison(records, "c0", best_id, split, n)
-            label = "validation" if split == "val" else "training"
             if comparison is not None and comparison["won"] > comparison["lost"] \
                     and comparison["p"] >= 0.05:
                 warnings.append(
@@ -165,7 +165,7 @@ class OptimizationResult:
                     "more rows before trusting it")
             elif comparison is not None and best is not None and initial is not None \
                     and abs(best - initial) < 1e-9:
-                warnings.append(tie_warning(records, best_id, split, n, comparison))
+                warnings.append(tie_warning(records, best_id, split, n, comparison, label))
         if split in ("val", "train") and best_id == "c0":
             held = [(cid, c) for cid, c in state["candidates"].items()
                     if (c.get("val_score") or 0) > (initial or 0) and c.get("lead")]
@@ -174,10 +174,10 @@ class OptimizationResult:
                 lead = c["lead"]
                 warnings.append(
                     f"{cid} scored {c['val_score']:.2f} to the initial prompt's "
-                    f"{initial:.2f} on {'validation' if split == 'val' else 'training'} "
-                    f"rows ({lead['won']} won, {lead['lost']} lost, sign test p = "
-                    f"{lead['p']:.2g}): a lead that may be noise, so the initial prompt is "
-                    "kept (replace_start_p); score both on more rows, or set "
+                    f"{initial:.2f} on {label} rows ({lead['won']} won, {lead['lost']} "
+                    f"lost, sign test p = {lead['p']:.2g}): a lead that may be noise, so "
+                    "the initial prompt is kept (replace_start_p); score both on more rows, "
+                    "or set "
                     "replace_start_p=1.0 to take it")
         return cls(
             best_prompt=slot.rebuild(template),
