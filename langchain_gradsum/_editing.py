@@ -30,6 +30,7 @@ from langchain_gradsum.feedback import (
     answer_shape,
     edit_history,
     evidence,
+    is_label,
     show_inputs,
 )
 from langchain_gradsum.state import (
@@ -269,6 +270,9 @@ class EditGuard:
         self.seen = {_normalize(c["template"]) for c in state["candidates"].values()}
         self.examples = [show_inputs(ex) for ex in [*state["train"], *(state.get("val") or [])]
                          ] if ctx.reject_copied_examples else []
+        self.labels = sorted({a.strip() for ex in state["train"]
+                              if isinstance(a := (ex.get("outputs") or {}).get("answer"), str)
+                              and is_label(a)}) if ctx.reject_copied_examples else []
         # the words the editor was given by the meta-prompts are not an example's details
         mp = ctx.meta_prompts
         self.meta_words = "\n".join([mp.gradient, mp.summarize, mp.edit, mp.edit_instruction,
@@ -370,6 +374,11 @@ class EditGuard:
             # (svamp, f552244): one example's answer, wrong for every other input
             return (f"rejected: states {answer!r}, the expected answer of an example it was "
                     "shown; write instructions that hold for every input")
+        if (label := example_label(template, self.labels, known=original)) is not None:
+            # "The answer should be a single letter, such as A." (hellaswag seed 1): the
+            # task model then answers A on 77 of 100 rows
+            return (f"rejected: gives {label!r} as an example of the answer; the model "
+                    "copies it on every input: name all the allowed answers, or none")
         shown = batch_evidence(state, self.ctx, cid)
         if copied_example(template, [shown], original=original) is not None or \
                 pasted_length(template, [shown, str(job[2]), *self._comments(cid)],
@@ -425,6 +434,39 @@ def pasted_answer(template: str, answers: Sequence[str], known: str) -> str | No
     return None
 
 
+_EXAMPLE_OF = re.compile(r"\b(?:such as|e\.\s?g\.?|for example|for instance|like)[\s,:]*"
+                         r"[\"'“‘]?", re.I)
+
+
+def example_label(template: str, labels: Sequence[str], known: str) -> str | None:
+    """The first of `labels` (a task's answers such as ``A``, ``(B)``, ``yes``) that
+    `template` gives as the one example of a reply ("a single letter, such as A", "e.g.
+    (A)") and `known` (the prompts before the edit) does not, or ``None``. A series
+    ("such as A, B, C or D") is not one example. Letters match in their case only ("such
+    as a" is an article)."""
+    def one(label: str, text: str) -> re.Match[str] | None:
+        flags = re.I if len(label.strip("()")) > 1 else 0
+        return re.match(rf"\(?{re.escape(label.strip('()'))}\)?(?!\w)[\"'”’]?", text,
+                        flags)
+
+    for m in _EXAMPLE_OF.finditer(template):
+        rest = template[m.end():]
+        for label in labels:
+            if not (first := one(label, rest)):
+                continue
+            after = _SERIES.match(rest, first.end())
+            if after and (_LETTER.match(rest, after.end())
+                          or any(one(other, rest[after.end():]) for other in labels)):
+                continue  # "such as A, B or C", "A-D": the series, not one label
+            if (m.group(0) + first.group(0)).lower() not in known.lower():
+                return label
+    return None
+
+
+_SERIES = re.compile(r"\s*(?:,|/|-|–|or\b|and\b|to\b|through\b)\s*(?:or |and )?")
+_LETTER = re.compile(r"\(?[A-Z]\)?(?!\w)")
+
+
 _LENGTH = re.compile(r"\b(\d+)\s+(?:words?|tokens?|characters?)\b", re.I)
 _REPLY_LENGTH = re.compile(r"Replies are (\d+) words? long|\((\d+) words?: ")
 
@@ -451,6 +493,8 @@ _MISADDRESSED = re.compile(
     r"|\b(?:a |an )?(?:different|new|previous|another|better|improved) "
     r"(?:prompts?|versions? of the prompt)\b"
     r"|\b(?:the|this) (?:current |original )?prompt\b"
+    r"|\bif you have any (?:further |other |more )?questions\b|\bplease let me know\b"
+    r"|\bthank you for your (?:cooperation|help|time|understanding|attention)\b"
     r"|<the [a-z ]+>", re.I)
 
 
@@ -461,7 +505,9 @@ def misaddressed(template: str, known: str) -> str | None:
     The 1.5B editor confuses the prompt it edits with a request to itself: it writes
     "Please provide the Wikipedia passage and the question." (the input is already in
     the prompt), "Use a different prompt that does not repeat any previous one.", or
-    "The expected answer is <the expected answer>.", or pastes its critique in ("The
+    "The expected answer is <the expected answer>.", signs off as in a letter ("If you
+    have any questions or need further clarification, please let me know. Thank you for
+    your cooperation.", hellaswag seed 1), or pastes its critique in ("The
     current prompt does not specify this, which leads to incorrect choices"): 23 of the
     97 children of the committed benchmark runs (2026-12-04) did one of these, and none
     of them helps the model that answers. A phrase the parent already has is the

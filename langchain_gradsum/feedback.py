@@ -19,8 +19,8 @@ from langchain_gradsum.prompts import MISTAKE_KINDS
 from langchain_gradsum.state import FULL_MARKS, Candidate, Example, Record, record_key
 
 __all__ = ["CUT_OFF", "answer_form", "answer_shape", "clip_shown", "critique_kind",
-           "cut_off_replies", "edit_history", "evidence", "in_form", "kind_counts", "one_reply",
-           "show_feedback", "show_inputs", "show_output", "show_reference"]
+           "cut_off_replies", "edit_history", "evidence", "in_form", "is_label", "kind_counts",
+           "one_reply", "show_feedback", "show_inputs", "show_output", "show_reference"]
 
 SHOW_LIMIT = 2000
 """Characters of one value (an input, a reference, an output) a meta-prompt shows."""
@@ -126,28 +126,37 @@ def evidence(
     return "\n".join(lines)
 
 
-_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\([A-Za-z]\)"), "an option label in parentheses, such as (A)"),
-    (re.compile(r"[A-Za-z]"), "a single option letter, such as A"),
-    (re.compile(r"(?i)yes|no"), "yes or no"),
-    (re.compile(r"(?i)true|false"), "true or false"),
-    (re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?%?"), "a number, such as 42"),
+_SHAPES: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"\([A-Za-z]\)"), "an option label in parentheses", " ((A), (B), (C), ...)"),
+    (re.compile(r"[A-Za-z]"), "a single option letter", " (A, B, C, ...)"),
+    (re.compile(r"(?i)yes|no"), "yes or no", ""),
+    (re.compile(r"(?i)true|false"), "true or false", ""),
+    (re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?%?"), "a number", ", such as 42"),
 )
+"""(the whole answer, its form in words, a made-up illustration). A label set is
+illustrated by the whole series, never one label: the 1.5B editor copies "such as A"
+into the prompt, and the task model then answers A (hellaswag seed 1: 77 of 100 test
+replies, 25 expected; bbh_date: "e.g. (A)", 58 of 100)."""
+
+
+def _shape(answers: Sequence[str]) -> tuple[str, str]:
+    """The form `answers` share in words, and its illustration (may be empty)."""
+    for pattern, words, illustration in _SHAPES:
+        if all(pattern.fullmatch(a) for a in answers):
+            return words, illustration
+    n = sum(len(a.split()) for a in answers) / len(answers)
+    if n <= 6:
+        return f"short phrases of about {max(1, round(n))} word{'s' if round(n) > 1 else ''}", ""
+    return f"free text of about {round(n)} words", ""
 
 
 def answer_shape(answers: Sequence[str]) -> str:
-    """The form the expected answers share, in words, with a made-up example.
+    """The form the expected answers share, in words, with a made-up illustration.
 
     Never the answers themselves: a small editor pastes a shown answer ("end with the
     label (E)") into the prompt, which fits one example and misleads on the others.
     """
-    for pattern, words in _SHAPES:
-        if all(pattern.fullmatch(a) for a in answers):
-            return words
-    n = sum(len(a.split()) for a in answers) / len(answers)
-    if n <= 6:
-        return f"short phrases of about {max(1, round(n))} word{'s' if round(n) > 1 else ''}"
-    return f"free text of about {round(n)} words"
+    return "".join(_shape(answers))
 
 
 def answer_form(examples: Sequence[Example]) -> str | None:
@@ -157,7 +166,13 @@ def answer_form(examples: Sequence[Example]) -> str | None:
     answers = [a for ex in examples if (a := _answer(ex)) is not None]
     if not answers:
         return None
-    return answer_shape(answers).split(", such as")[0].replace("short phrases", "a short phrase")
+    return _shape(answers)[0].replace("short phrases", "a short phrase")
+
+
+def is_label(answer: str) -> bool:
+    """Whether `answer` is one of a small fixed set of answers (an option letter, with or
+    without parentheses, yes/no, true/false), not a number or a phrase."""
+    return any(pattern.fullmatch(answer.strip()) for pattern, _, _ in _SHAPES[:4])
 
 
 def in_form(output: str, example: Example) -> bool | None:
@@ -171,7 +186,7 @@ def in_form(output: str, example: Example) -> bool | None:
     answer = _answer(example)
     if answer is None:
         return None
-    for pattern, _ in _SHAPES:
+    for pattern, _, _ in _SHAPES:
         if pattern.fullmatch(answer):
             return bool(pattern.fullmatch(output.strip().rstrip(".")))
     return None

@@ -344,7 +344,7 @@ class GradSumContext:
     reject_copied_examples: bool = field(default=True, metadata={"description": (
         "Reject an edit that pastes in 8+ consecutive words of a train/val input, or the "
         "rare words or the expected answer of a row it was critiqued on (it overfits and "
-        "leaks data).")})
+        "leaks data), or gives one label as the example answer (the model copies it).")})
     retry_unusable_edits: bool = field(default=True, metadata={"description": (
         "Re-ask the editor once, saying why, when its prompt was rejected or repeats an "
         "earlier one (the call comes out of the unused child's scoring budget).")})

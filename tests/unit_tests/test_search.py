@@ -158,6 +158,7 @@ def test_an_edit_stating_a_measured_reply_length_is_rejected(instruction: str,
     "The expected answer is <the expected answer>.",  # rag_nq_open, 2026-12-03
     "The current prompt does not specify this, which leads to wrong choices.",  # hellaswag
     "Please provide the context and choices, and I will help you choose.",  # 38276ba
+    "If you have any questions, please let me know. Thank you for your cooperation.",
 ])
 def test_an_edit_that_speaks_to_the_user_or_about_prompts_is_rejected_and_re_asked(
         instruction: str) -> None:
@@ -278,6 +279,38 @@ def test_pasted_answer_is_a_shown_answer_no_instruction_about_the_form_would_sta
     for label in ("yes", "False", "(B)", "C"):
         assert pasted_answer(f"{{question}}\nReply with {label} or another label.", [label],
                              known="") is None
+
+
+def test_an_edit_giving_one_label_as_the_example_answer_is_rejected_and_re_asked() -> None:
+    """hellaswag seed 1 (3644d37): "The answer should be a single letter, such as A."
+    was picked, and the task model answered A on 77 of 100 test rows (25 expected)."""
+    replies = iter(["<instruction>Reply with one word, such as 'yes'.</instruction>",
+                    "<instruction>Reply with only yes or no.</instruction>"])
+    model = scripted(edit=lambda text: next(replies))
+    rt = FakeRuntime(context(model, candidates_per_prompt=1))
+    out = edit(failing_state(), rt, {})
+    assert [c["template"] for c in out["candidates"].values()] == [
+        f"{PROMPT}\nReply with only yes or no."]
+    assert "gives 'yes' as an example of the answer" in rt.events[0]["why"]
+    assert "name all the allowed answers" in edits_of(model)[-1]
+
+
+def test_example_label_is_one_label_given_as_the_example_of_a_reply() -> None:
+    from langchain_gradsum._editing import example_label
+    letters = ["A", "B", "C", "D"]
+    assert example_label("{q}\nThe answer should be a single letter, such as A.", letters,
+                         known="") == "A"
+    assert example_label("{q}\nReply with the label, e.g. (B).", ["(A)", "(B)"],
+                         known="") == "(B)"
+    assert example_label("{q}\nReply with a label, e.g. B.", ["(A)", "(B)"], known="") == "(B)"
+    assert example_label("{q}\nReply with only one letter, such as A, and no other text.",
+                         letters, known="") == "A"  # mmlu gradsum_demos seed 0, c5
+    # a series, a range, an article, another word, the user's own example: not one label
+    for text in ("such as A, B, C or D", "such as A-D", "such as a short phrase",
+                 "for example Alice", "like B or C"):
+        assert example_label(f"{{q}}\nReply {text}.", letters[:3], known="") is None, text
+    own = "{q}\nReply with a letter, such as A."
+    assert example_label(own + "\nBe brief.", letters, known=own) is None
 
 
 def test_without_instruction_edits_every_child_is_a_rewrite() -> None:
@@ -632,8 +665,9 @@ def test_evidence_reports_form_failures_truncation_and_answer_shapes() -> None:
 
 
 def test_answer_shape_names_the_form_without_the_answers() -> None:
-    assert answer_shape(["(E)", "(b)"]) == "an option label in parentheses, such as (A)"
-    assert answer_shape(["D", "A"]) == "a single option letter, such as A"
+    # a label set is illustrated by its series, never by one label the editor would copy
+    assert answer_shape(["(E)", "(b)"]) == "an option label in parentheses ((A), (B), (C), ...)"
+    assert answer_shape(["D", "A"]) == "a single option letter (A, B, C, ...)"
     assert answer_shape(["Yes", "no"]) == "yes or no"
     assert answer_shape(["12", "3.5", "-4"]) == "a number, such as 42"
     assert answer_shape(["Paris", "New York City"]) == "short phrases of about 2 words"
