@@ -152,16 +152,25 @@ def test_an_edit_stating_a_measured_reply_length_is_rejected(instruction: str,
         assert "copies the evaluation's measurements" in rt.events[0]["why"]
 
 
-@pytest.mark.parametrize("instruction", [
-    "Please provide the question and the sentence about sports.",  # bbh_sports, 2026-12-02
-    "Use a different prompt that does not repeat any previous one.",  # svamp, 2026-12-03
-    "The expected answer is <the expected answer>.",  # rag_nq_open, 2026-12-03
-    "The current prompt does not specify this, which leads to wrong choices.",  # hellaswag
-    "Please provide the context and choices, and I will help you choose.",  # 38276ba
-    "If you have any questions, please let me know. Thank you for your cooperation.",
+MISADDRESSED = "speaks to the user or about prompts"
+
+
+@pytest.mark.parametrize(("instruction", "why"), [
+    ("Please provide the question and the sentence about sports.", MISADDRESSED),  # bbh_sports
+    ("Use a different prompt that does not repeat any previous one.", MISADDRESSED),  # svamp
+    ("The expected answer is <the expected answer>.", MISADDRESSED),  # rag_nq_open
+    ("The current prompt does not specify this, which leads to wrong choices.",
+     MISADDRESSED),  # hellaswag
+    ("Please provide the context and choices, and I will help you choose.",
+     MISADDRESSED),  # 38276ba
+    ("If you have any questions, please let me know. Thank you for your cooperation.",
+     MISADDRESSED),  # hellaswag seed 1, 3644d37
+    # hellaswag seed 1 (3644d37) picked "The answer should be a single letter, such as A.",
+    # and the task model answered A on 77 of 100 test rows (25 expected)
+    ("Reply with one word, such as 'yes'.", "gives 'yes' as an example of the answer"),
 ])
-def test_an_edit_that_speaks_to_the_user_or_about_prompts_is_rejected_and_re_asked(
-        instruction: str) -> None:
+def test_an_edit_that_misleads_the_model_that_answers_is_rejected_and_re_asked(
+        instruction: str, why: str) -> None:
     replies = iter([f"<instruction>{instruction}</instruction>",
                     "<instruction>Reply with only yes or no.</instruction>"])
     model = scripted(edit=lambda text: next(replies))
@@ -169,8 +178,8 @@ def test_an_edit_that_speaks_to_the_user_or_about_prompts_is_rejected_and_re_ask
     out = edit(failing_state(), rt, {})
     assert [c["template"] for c in out["candidates"].values()] == [
         f"{PROMPT}\nReply with only yes or no."]
-    assert "speaks to the user or about prompts" in rt.events[0]["why"]
-    assert "speaks to the user or about prompts" in edits_of(model)[-1]
+    assert why in rt.events[0]["why"]
+    assert why in edits_of(model)[-1]
 
 
 def test_an_edit_repeating_the_evidences_verdict_on_past_replies_is_rejected() -> None:
@@ -279,20 +288,6 @@ def test_pasted_answer_is_a_shown_answer_no_instruction_about_the_form_would_sta
     for label in ("yes", "False", "(B)", "C"):
         assert pasted_answer(f"{{question}}\nReply with {label} or another label.", [label],
                              known="") is None
-
-
-def test_an_edit_giving_one_label_as_the_example_answer_is_rejected_and_re_asked() -> None:
-    """hellaswag seed 1 (3644d37): "The answer should be a single letter, such as A."
-    was picked, and the task model answered A on 77 of 100 test rows (25 expected)."""
-    replies = iter(["<instruction>Reply with one word, such as 'yes'.</instruction>",
-                    "<instruction>Reply with only yes or no.</instruction>"])
-    model = scripted(edit=lambda text: next(replies))
-    rt = FakeRuntime(context(model, candidates_per_prompt=1))
-    out = edit(failing_state(), rt, {})
-    assert [c["template"] for c in out["candidates"].values()] == [
-        f"{PROMPT}\nReply with only yes or no."]
-    assert "gives 'yes' as an example of the answer" in rt.events[0]["why"]
-    assert "name all the allowed answers" in edits_of(model)[-1]
 
 
 def test_example_label_is_one_label_given_as_the_example_of_a_reply() -> None:
