@@ -30,7 +30,7 @@ from langchain_gradsum.feedback import (
     answer_shape,
     edit_history,
     evidence,
-    is_label,
+    labels,
     show_inputs,
 )
 from langchain_gradsum.state import (
@@ -270,9 +270,7 @@ class EditGuard:
         self.seen = {_normalize(c["template"]) for c in state["candidates"].values()}
         self.examples = [show_inputs(ex) for ex in [*state["train"], *(state.get("val") or [])]
                          ] if ctx.reject_copied_examples else []
-        self.labels = sorted({a.strip() for ex in state["train"]
-                              if isinstance(a := (ex.get("outputs") or {}).get("answer"), str)
-                              and is_label(a)}) if ctx.reject_copied_examples else []
+        self.labels = labels(state["train"]) if ctx.reject_copied_examples else []
         # the words the editor was given by the meta-prompts are not an example's details
         mp = ctx.meta_prompts
         self.meta_words = "\n".join([mp.gradient, mp.summarize, mp.edit, mp.edit_instruction,

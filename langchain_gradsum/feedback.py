@@ -19,7 +19,7 @@ from langchain_gradsum.prompts import MISTAKE_KINDS
 from langchain_gradsum.state import FULL_MARKS, Candidate, Example, Record, record_key
 
 __all__ = ["CUT_OFF", "answer_form", "answer_shape", "clip_shown", "critique_kind",
-           "cut_off_replies", "edit_history", "evidence", "in_form", "is_label", "kind_counts",
+           "cut_off_replies", "edit_history", "evidence", "in_form", "kind_counts", "labels",
            "one_reply", "show_feedback", "show_inputs", "show_output", "show_reference"]
 
 SHOW_LIMIT = 2000
@@ -126,13 +126,14 @@ def evidence(
     return "\n".join(lines)
 
 
-_SHAPES: tuple[tuple[re.Pattern[str], str, str], ...] = (
+_LABEL_SHAPES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"\([A-Za-z]\)"), "an option label in parentheses", " ((A), (B), (C), ...)"),
     (re.compile(r"[A-Za-z]"), "a single option letter", " (A, B, C, ...)"),
     (re.compile(r"(?i)yes|no"), "yes or no", ""),
     (re.compile(r"(?i)true|false"), "true or false", ""),
-    (re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?%?"), "a number", ", such as 42"),
 )
+_SHAPES = (*_LABEL_SHAPES,
+           (re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?%?"), "a number", ", such as 42"))
 """(the whole answer, its form in words, a made-up illustration). A label set is
 illustrated by the whole series, never one label: the 1.5B editor copies "such as A"
 into the prompt, and the task model then answers A (hellaswag seed 1: 77 of 100 test
@@ -169,10 +170,12 @@ def answer_form(examples: Sequence[Example]) -> str | None:
     return _shape(answers)[0].replace("short phrases", "a short phrase")
 
 
-def is_label(answer: str) -> bool:
-    """Whether `answer` is one of a small fixed set of answers (an option letter, with or
-    without parentheses, yes/no, true/false), not a number or a phrase."""
-    return any(pattern.fullmatch(answer.strip()) for pattern, _, _ in _SHAPES[:4])
+def labels(examples: Sequence[Example]) -> list[str]:
+    """The expected answers of `examples` that are labels of a small fixed set (an option
+    letter, with or without parentheses, yes/no, true/false), each once, sorted; numbers
+    and phrases are not labels."""
+    return sorted({a for ex in examples if (a := _answer(ex)) is not None
+                   and any(pattern.fullmatch(a) for pattern, _, _ in _LABEL_SHAPES)})
 
 
 def in_form(output: str, example: Example) -> bool | None:
